@@ -1,0 +1,57 @@
+# Adversarial attacks on medical image classifiers: build the book and run the tests.
+#
+#   make book [SCALE=smoke|cpu|gpu|paper]   execute the chapters and build book/_build/html
+#   make test                               run the test suite
+#   make help                               list all targets
+#
+# Needs only Python >= 3.11 (set PYTHON=... to pick one); the first run creates .venv.
+
+SHELL  := /bin/bash
+PYTHON ?= python3
+SCALE  ?= smoke
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Optional local data folders, used when present (absolute: the chapters run from chapters/).
+MEDMNIST_DIR       ?= $(abspath $(wildcard ../shared/data/medmnist))
+NATURAL_IMAGES_DIR ?= $(abspath $(wildcard ../shared/data/natural/imagenet-sample-images))
+ifneq ($(strip $(MEDMNIST_DIR)),)
+export MEDMNIST_DIR
+endif
+ifneq ($(strip $(NATURAL_IMAGES_DIR)),)
+export NATURAL_IMAGES_DIR
+endif
+
+export TF_CPP_MIN_LOG_LEVEL := 2
+export MPLBACKEND := Agg
+
+.PHONY: help book test clean strip venv
+
+help:  ## list the targets
+	@echo "Targets (variables: SCALE=$(SCALE), PYTHON=$(PYTHON)):"
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/'
+
+book: $(STAMP)  ## execute the chapters at SCALE and build the HTML book
+	$(PY) -m helpers.pipeline --scale $(SCALE)
+
+test: $(STAMP)  ## run the test suite
+	$(PY) -m pytest -q
+
+clean:  ## remove the built book and executed chapters (keeps the model cache)
+	rm -rf book/_build book/chapters
+
+strip: $(STAMP)  ## clear outputs and execution counts from chapters/*.ipynb
+	$(PY) -c 'from helpers.pipeline import strip_notebooks; [print("stripped", p) for p in strip_notebooks()]'
+
+venv: $(STAMP)  ## create .venv and install the course's requirements
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "error: Python >= 3.11 is required, but '$(PYTHON)' is: $$($(PYTHON) --version 2>/dev/null || echo 'not found')." >&2; \
+	  echo "       Install it, or point make at one, e.g. 'make $(MAKECMDGOALS) PYTHON=python3.12'." >&2; \
+	  exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $@

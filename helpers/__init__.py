@@ -1,0 +1,14 @@
+"""Helpers for the course *Adversarial attacks on medical image classifiers*.
+
+One module per idea, grown chapter by chapter:
+
+* :mod:`helpers.scales`    - the ``smoke``/``cpu``/``gpu``/``paper`` presets
+* :mod:`helpers.data`      - MedMNIST loading, the papers' sampling
+* :mod:`helpers.synthetic` - labelled synthetic stand-ins for offline machines
+* :mod:`helpers.models`    - ImageNet backbones with the preprocessing inside the model
+* :mod:`helpers.training`  - paper 000's fine-tuning protocol and the model cache
+* :mod:`helpers.metrics`   - accuracy, confusion matrices, fooling and success rates
+* :mod:`helpers.plots`     - the figures of the chapters
+* :mod:`helpers.records`   - the key numbers each chapter records
+"""
+__version__ = "0.1.0"

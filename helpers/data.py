@@ -1,0 +1,439 @@
+"""MedMNIST data: the datasets of the course, loaded without the ``medmnist`` package.
+
+The official npz files are downloaded from Zenodo, cached, and checked against their
+published MD5. A folder of npz files can be given with ``root=`` or the ``MEDMNIST_DIR``
+environment variable (several folders separated by ``:``). Images come back as float32
+in [0, 1] with shape (N, H, W, C), C = 1 for greyscale and 3 for colour.
+
+Where the real data cannot be had (offline), :func:`load` can return a synthetic stand-in
+with the same shapes, classes and task type (see :mod:`helpers.synthetic`); such a dataset
+has ``synthetic=True`` and announces itself loudly.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .config import ENV_MEDMNIST_DIR, cache_dir
+
+ZENODO_RECORD = "https://zenodo.org/records/10519652/files"
+SIZES = (28, 64, 128, 224)
+SPLITS = ("train", "val", "test")
+
+
+class DataUnavailableError(RuntimeError):
+    """The real MedMNIST file is neither on disk nor downloadable."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the course needs to know about one MedMNIST dataset."""
+
+    key: str                        # short name used in the course: "pneumonia", ...
+    flag: str                       # MedMNIST file stem: "pneumoniamnist", ...
+    title: str                      # for figures and tables
+    task: str                       # "binary-class", "multi-class" or "multi-label"
+    class_names: tuple[str, ...]    # MedMNIST's label names (findings for multi-label)
+    short_names: tuple[str, ...]    # abbreviations used in the papers' tables
+    channels: int                   # 1 = greyscale, 3 = RGB
+    n_samples: dict                 # official split sizes at every image size
+    normal_classes: tuple[int, ...]  # classes counted as "normal" (multi-label: empty set = normal)
+    license: str
+    md5: dict                       # image size -> official MD5
+    train_per_class: int | None = None   # paper 000's class-balanced subset sizes
+    test_per_class: int | None = None
+    oversample: bool = False             # paper 000: oversample the imbalanced skin-lesion set
+    citation: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multi-label"
+
+    @property
+    def disease_classes(self) -> tuple[int, ...]:
+        return tuple(c for c in range(self.n_classes) if c not in self.normal_classes)
+
+    def filename(self, size: int) -> str:
+        return f"{self.flag}.npz" if size == 28 else f"{self.flag}_{size}.npz"
+
+    def url(self, size: int) -> str:
+        return f"{ZENODO_RECORD}/{self.filename(size)}?download=1"
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "pneumonia": DatasetInfo(
+        key="pneumonia", flag="pneumoniamnist", title="Chest X-ray (PneumoniaMNIST)",
+        task="binary-class", class_names=("normal", "pneumonia"), short_names=("NORMAL", "PNEUMONIA"),
+        channels=1, n_samples={"train": 4708, "val": 524, "test": 624}, normal_classes=(0,),
+        license="CC BY 4.0",
+        md5={28: "28209eda62fecd6e6a2d98b1501bb15f", 64: "8f4eceb4ccffa70c672198ea285246c6",
+             128: "05b46931834c231683c68f40c47b2971", 224: "d6a3c71de1b945ea11211b03746c1fe1"},
+        train_per_class=900, test_per_class=270,
+        citation="Kermany et al., Cell 172(5):1122-1131 (2018)",
+    ),
+    "oct": DatasetInfo(
+        key="oct", flag="octmnist", title="Retinal OCT (OCTMNIST)", task="multi-class",
+        class_names=("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
+        short_names=("CNV", "DME", "DRUSEN", "NM"), channels=1,
+        n_samples={"train": 97477, "val": 10832, "test": 1000}, normal_classes=(3,), license="CC BY 4.0",
+        md5={28: "c68d92d5b585d8d81f7112f81e2d0842", 64: "e229e9440236b774d9f0dfef9d07bdaf",
+             128: "0a97e76651ace45c5d943ee3f65b63ae", 224: "abc493b6d529d5de7569faaef2773ba3"},
+        train_per_class=1960, test_per_class=840,
+        citation="Kermany et al., Cell 172(5):1122-1131 (2018)",
+    ),
+    "derma": DatasetInfo(
+        key="derma", flag="dermamnist", title="Skin lesions (DermaMNIST)", task="multi-class",
+        class_names=("actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+                     "benign keratosis-like lesions", "dermatofibroma", "melanoma",
+                     "melanocytic nevi", "vascular lesions"),
+        short_names=("AKIEC", "BCC", "BKL", "DF", "MEL", "NV", "VASC"), channels=3,
+        n_samples={"train": 7007, "val": 1003, "test": 2005}, normal_classes=(2, 3, 5),
+        license="CC BY-NC 4.0",
+        md5={28: "0744692d530f8e62ec473284d019b0c7", 64: "b70a2f5635c6199aeaa28c31d7202e1f",
+             128: "2defd784463fa5243564e855ed717de1", 224: "8974907d8e169bef5f5b96bc506ae45d"},
+        oversample=True,
+        citation="Tschandl et al., Sci Data 5:180161 (2018); Codella et al., arXiv:1902.03368",
+    ),
+    "chest": DatasetInfo(
+        key="chest", flag="chestmnist", title="Chest X-ray, 14 findings (ChestMNIST)", task="multi-label",
+        class_names=("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule",
+                     "pneumonia", "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis",
+                     "pleural thickening", "hernia"),
+        short_names=("ATEL", "CARD", "EFFU", "INFI", "MASS", "NODU", "PNEU", "PNTX", "CONS", "EDEM",
+                     "EMPH", "FIBR", "PLEU", "HERN"), channels=1,
+        n_samples={"train": 78468, "val": 11219, "test": 22433}, normal_classes=(), license="CC BY 4.0",
+        md5={28: "02c8a6516a18b556561a56cbdd36c4a8", 64: "9de6cd0b934ebb5b7426cfba5efbae16",
+             128: "db107e5590b27930b62dbaf558aebee3", 224: "45bd33e6f06c3e8cdb481c74a89152aa"},
+        citation="Wang et al., ChestX-ray8, CVPR 2017",
+    ),
+}
+ALIASES = {"pneumoniamnist": "pneumonia", "chest_xray": "pneumonia", "octmnist": "oct",
+           "dermamnist": "derma", "skin": "derma", "chestmnist": "chest"}
+
+
+def get_info(name: str) -> DatasetInfo:
+    """Look up a dataset by course name ("pneumonia", "oct", "derma", "chest") or MedMNIST flag."""
+    key = ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in DATASETS:
+        raise ValueError(f"dataset={name!r} is unknown; choose one of {', '.join(DATASETS)}.")
+    return DATASETS[key]
+
+
+@dataclass
+class MedDataset:
+    """One split of a dataset: float32 images in [0, 1] and their labels.
+
+    ``images``: (N, H, W, C); ``labels``: (N,) int64, or (N, L) uint8 for multi-label.
+    """
+
+    info: DatasetInfo
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    synthetic: bool = False
+    source: str = ""
+    notes: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def kind(self) -> str:
+        """'real' or 'SYNTHETIC'."""
+        return "SYNTHETIC" if self.synthetic else "real"
+
+    def subset(self, index) -> "MedDataset":
+        """A new dataset with the images at ``index`` (array of ints or booleans)."""
+        index = np.asarray(index)
+        return replace(self, images=self.images[index], labels=self.labels[index], notes=list(self.notes))
+
+    def class_counts(self) -> np.ndarray:
+        """Images per class (multi-label: per finding; the normal count is not included)."""
+        if self.info.multilabel:
+            return self.labels.sum(axis=0).astype(int)
+        return np.bincount(self.labels, minlength=self.info.n_classes)
+
+    def describe(self) -> str:
+        return (f"{self.info.title} [{self.split}] {len(self)} images of {self.size}x{self.size}x"
+                f"{self.images.shape[-1]} - {self.kind} data ({self.source})")
+
+    def __repr__(self) -> str:
+        return f"MedDataset({self.describe()})"
+
+
+# --------------------------------------------------------------------------- files
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def search_folders(root: str | os.PathLike | None = None) -> list[Path]:
+    """Folders searched for npz files: ``root``, then ``$MEDMNIST_DIR``, then the cache."""
+    folders = []
+    if root is not None:
+        folders.append(Path(root))
+    for entry in os.environ.get(ENV_MEDMNIST_DIR, "").split(os.pathsep):
+        if entry.strip():
+            folders.append(Path(entry.strip()))
+    folders.append(cache_dir("medmnist"))
+    return folders
+
+
+def _check_size(size: int) -> None:
+    if size not in SIZES:
+        raise ValueError(f"size={size!r} is not a MedMNIST size; choose one of {SIZES}.")
+
+
+def _offline_message(info: DatasetInfo, size: int, reason: str) -> str:
+    return (f"Could not get {info.filename(size)} ({info.title}, {size} px): {reason}.\n"
+            f"  Download it from {info.url(size)}\n"
+            f"  and put it in {cache_dir('medmnist')} (or in a folder named by root= or the "
+            f"{ENV_MEDMNIST_DIR} environment variable).\n"
+            f"  Offline, the smoke and cpu scales can use a synthetic stand-in instead (source='synthetic').")
+
+
+def download(info: DatasetInfo, size: int, folder: Path | None = None, timeout: float = 60.0) -> Path:
+    """Download the official npz into ``folder`` (default: the cache) and verify its MD5."""
+    _check_size(size)
+    folder = Path(folder) if folder else cache_dir("medmnist")
+    target = folder / info.filename(size)
+    partial = target.with_suffix(".part")
+    try:
+        from tqdm.auto import tqdm
+        with urllib.request.urlopen(info.url(size), timeout=timeout) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=info.filename(size)) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        partial.unlink(missing_ok=True)
+        raise DataUnavailableError(_offline_message(info, size, f"download failed ({error})")) from None
+    digest = md5_of(partial)
+    if digest != info.md5[size]:
+        partial.unlink(missing_ok=True)
+        raise DataUnavailableError(_offline_message(
+            info, size, f"the download's MD5 {digest} is not the official {info.md5[size]}"))
+    partial.replace(target)
+    return target
+
+
+def locate(info: DatasetInfo, size: int, root=None, download_missing: bool = True) -> Path:
+    """Path of the npz file, downloading it into the cache if it is nowhere on disk.
+
+    A file in the cache whose MD5 is wrong is a broken download: it is fetched again.
+    A file in a folder of the reader's whose MD5 differs is used with a warning.
+    """
+    _check_size(size)
+    cache = cache_dir("medmnist")
+    for folder in search_folders(root):
+        path = folder / info.filename(size)
+        if not path.is_file():
+            continue
+        if md5_of(path) == info.md5[size]:
+            return path
+        if folder.resolve() == cache.resolve():
+            warnings.warn(f"{path} has the wrong MD5 (a broken download?); fetching it again.", stacklevel=2)
+            path.unlink()
+            continue
+        warnings.warn(f"{path}: MD5 differs from the official {info.md5[size]}; using it anyway "
+                      f"(a re-packaged copy?). Check its origin.", stacklevel=2)
+        return path
+    if not download_missing:
+        raise DataUnavailableError(_offline_message(info, size, "no local copy and download=False"))
+    return download(info, size)
+
+
+def read_npz(path: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images as float32 (N, H, W, C) in [0, 1] and labels, from a MedMNIST npz file."""
+    try:
+        with np.load(path) as archive:
+            images, labels = archive[f"{split}_images"], archive[f"{split}_labels"]
+    except KeyError:
+        raise ValueError(f"{path} has no '{split}_images'/'{split}_labels' arrays: not a MedMNIST file?") from None
+    except Exception as error:  # zipfile.BadZipFile, OSError, pickle errors
+        raise ValueError(f"{path} is not a readable npz file ({type(error).__name__}: {error}). "
+                         f"Delete it and download {path.name} again.") from None
+    images = images.astype(np.float32) / 255.0
+    if images.ndim == 3:
+        images = images[..., None]
+    labels = labels.astype(np.uint8) if info.multilabel else labels.reshape(-1).astype(np.int64)
+    return images, labels
+
+
+# --------------------------------------------------------------------------- loading
+
+def load(name: str, split: str = "train", size: int = 28, *, source: str = "auto", root=None,
+         download: bool = True, allow_synthetic: bool = False, seed: int = 0,
+         synthetic_count: int | None = None, verbose: bool = True) -> MedDataset:
+    """Load one split of a MedMNIST dataset.
+
+    Args:
+        name: "pneumonia", "oct", "derma" or "chest" (or the MedMNIST flag).
+        split: "train", "val" or "test".
+        size: image side in px: 28, 64, 128 or 224.
+        source: "real" (fail if unavailable), "synthetic", or "auto" (real when reachable,
+            else synthetic if ``allow_synthetic``).
+        root: a folder holding the npz files (also ``$MEDMNIST_DIR``).
+        download: fetch the official file when it is not on disk.
+        allow_synthetic: with source="auto", fall back to the synthetic stand-in.
+        seed: seed of the synthetic stand-in.
+        synthetic_count: images in a synthetic split (default: a few thousand at most).
+    """
+    info = get_info(name)
+    _check_size(size)
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not a split; choose one of {SPLITS}.")
+    if source not in ("auto", "real", "synthetic"):
+        raise ValueError(f"source={source!r}; choose 'auto', 'real' or 'synthetic'.")
+    if source != "synthetic":
+        try:
+            path = locate(info, size, root=root, download_missing=download)
+            images, labels = read_npz(path, info, split)
+            return MedDataset(info, split, images, labels, synthetic=False, source=str(path))
+        except DataUnavailableError as error:
+            if source == "real" or not allow_synthetic:
+                raise
+            reason = str(error).splitlines()[0]
+    else:
+        reason = "requested"
+    from .synthetic import make_synthetic
+    dataset = make_synthetic(info, split, size, seed=seed, count=synthetic_count)
+    dataset.notes.append(f"synthetic stand-in: {reason}")
+    if verbose:
+        print(synthetic_banner(dataset, reason))
+    return dataset
+
+
+def synthetic_banner(dataset: MedDataset, reason: str = "") -> str:
+    """The loud notice printed whenever synthetic data is used."""
+    line = "!" * 78
+    why = f"\n!! reason: {reason}" if reason else ""
+    return (f"{line}\n!! SYNTHETIC STAND-IN for {dataset.info.title} [{dataset.split}], "
+            f"{dataset.size} px.{why}\n!! Same shapes, classes and task type as the real data, "
+            f"but generated patterns:\n!! numbers computed on it are NOT medical results.\n{line}")
+
+
+# --------------------------------------------------------------------------- sampling
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def class_balanced(dataset: MedDataset, per_class: int, seed: int = 0) -> MedDataset:
+    """At most ``per_class`` images of every class, drawn without replacement (paper 000)."""
+    if dataset.info.multilabel:
+        raise ValueError("class_balanced: multi-label data has no single class per image; use cap().")
+    rng = _rng(seed)
+    picks = [rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class]
+             for c in range(dataset.info.n_classes)]
+    return dataset.subset(rng.permutation(np.concatenate(picks)))
+
+
+def cap(dataset: MedDataset, max_images: int | None, seed: int = 0) -> MedDataset:
+    """A random subset of at most ``max_images``, keeping the class proportions (stratified)."""
+    if max_images is None or len(dataset) <= max_images:
+        return dataset
+    rng = _rng(seed)
+    if dataset.info.multilabel:
+        return dataset.subset(np.sort(rng.choice(len(dataset), max_images, replace=False)))
+    fraction = max_images / len(dataset)
+    picks = []
+    for c in range(dataset.info.n_classes):
+        members = np.flatnonzero(dataset.labels == c)
+        keep = max(1, int(round(fraction * len(members)))) if len(members) else 0
+        picks.append(rng.permutation(members)[:keep])
+    index = rng.permutation(np.concatenate(picks))[:max_images]
+    return dataset.subset(index)
+
+
+def oversample(dataset: MedDataset, seed: int = 0) -> MedDataset:
+    """Random oversampling: every class repeated up to the size of the largest (paper 000, skin)."""
+    if dataset.info.multilabel:
+        raise ValueError("oversample: not defined for multi-label data.")
+    rng = _rng(seed)
+    counts = dataset.class_counts()
+    target = counts.max()
+    picks = []
+    for c in np.flatnonzero(counts):
+        members = np.flatnonzero(dataset.labels == c)
+        extra = rng.choice(members, target - len(members), replace=True)
+        picks.append(np.concatenate([members, extra]))
+    return dataset.subset(rng.permutation(np.concatenate(picks)))
+
+
+def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "auto",
+                   verbose: bool = True) -> dict[str, MedDataset]:
+    """Train/val/test splits sampled as the papers do, capped by the scale preset.
+
+    Class-balanced subsets for pneumonia and OCT (paper 000: 900/270 and 1,960/840 per
+    class, capped by the preset and what the split holds), random oversampling of the
+    skin-lesion training set, and the preset's ``max_train``/``max_test`` caps everywhere.
+    """
+    info = get_info(name)
+    splits = {}
+    for split in SPLITS:
+        splits[split] = load(info.key, split, preset.image_size, source=source, root=root,
+                             allow_synthetic=preset.offline_fallback, seed=seed,
+                             synthetic_count=_synthetic_count(info, split, preset), verbose=verbose)
+        verbose = verbose and not splits[split].synthetic  # one banner per dataset is enough
+    splits["train"] = _sample_train(splits["train"], preset, seed)
+    splits["val"] = cap(splits["val"], preset.max_test, seed + 1)
+    splits["test"] = _sample_test(splits["test"], preset, seed + 2)
+    return splits
+
+
+def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:
+    """Enough synthetic images for the sampling that follows, at most the official count."""
+    from .synthetic import CLASS_PROPORTIONS
+    wanted = preset.max_train if split == "train" else preset.max_test
+    wanted = wanted or (4000 if split == "train" else 1000)
+    per_class = _per_class(info.train_per_class if split == "train" else info.test_per_class,
+                           preset.train_per_class if split == "train" else preset.test_per_class)
+    if per_class and info.key in CLASS_PROPORTIONS:
+        counts = np.array(CLASS_PROPORTIONS[info.key][split], dtype=float)
+        wanted = max(wanted, int(np.ceil(per_class * counts.sum() / counts.min())))
+    return int(min(info.n_samples[split], wanted, 20_000))
+
+
+def _per_class(paper: int | None, preset_cap: int | None) -> int | None:
+    values = [v for v in (paper, preset_cap) if v is not None]
+    return min(values) if values else None
+
+
+def _sample_train(train: MedDataset, preset, seed: int) -> MedDataset:
+    info = train.info
+    per_class = _per_class(info.train_per_class, preset.train_per_class)
+    if info.train_per_class is not None and per_class is not None:
+        train = class_balanced(train, per_class, seed)
+    train = cap(train, preset.max_train, seed)
+    if info.oversample:
+        train = cap(oversample(train, seed), preset.max_train, seed)
+    return train
+
+
+def _sample_test(test: MedDataset, preset, seed: int) -> MedDataset:
+    info = test.info
+    per_class = _per_class(info.test_per_class, preset.test_per_class)
+    if info.test_per_class is not None and per_class is not None:
+        test = class_balanced(test, per_class, seed)
+    return cap(test, preset.max_test, seed)

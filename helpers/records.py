@@ -1,0 +1,175 @@
+"""Key numbers of a chapter run, and checks of them against reference ranges.
+
+A chapter records the numbers its text relies on::
+
+    rec = Recorder("01_transfer_learning", SCALE)
+    rec.log("pneumonia/small_cnn/test_accuracy", accuracy)
+
+Every ``log`` rewrites ``<records dir>/<chapter>.results.json``::
+
+    {"chapter": "01_transfer_learning", "scale": "smoke",
+     "values": {"pneumonia/small_cnn/test_accuracy": 0.87}}
+
+The records dir is ``$COURSE_RECORDS_DIR`` if set (the book pipeline sets it so
+that the file lands next to the executed notebook), else ``<cache>/records``.
+
+The regression tests compare such a file with ``tests/references/<chapter>.<scale>.json``::
+
+    {"chapter": "01_transfer_learning", "scale": "smoke",
+     "checks": {"pneumonia/small_cnn/test_accuracy": {"min": 0.6},
+                "pneumonia/real_data": {"equals": true},
+                "pneumonia/auc": {"value": 0.9, "abs_tol": 0.05, "when": {"pneumonia/real_data": true}}}}
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import ENV_RECORDS_DIR, cache_dir
+
+Value = float | int | bool | str
+
+#: Where ``load_reference`` looks by default.
+REFERENCES_DIR = Path(__file__).resolve().parents[1] / "tests" / "references"
+
+_SPEC_KEYS = {"value", "abs_tol", "min", "max", "equals", "when"}
+
+
+def records_dir() -> Path:
+    """Folder the results files are written to (created if needed)."""
+    folder = os.environ.get(ENV_RECORDS_DIR)
+    if not folder:
+        return cache_dir("records")
+    path = Path(folder).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def to_plain(value: Any) -> Value:
+    """Convert a (numpy) scalar to a JSON-friendly bool, int, float or str; refuse anything else."""
+    if hasattr(value, "numpy") and callable(value.numpy):
+        value = value.numpy()  # TensorFlow eager tensors
+    if hasattr(value, "item") and getattr(value, "shape", ()) == ():
+        value = value.item()  # numpy scalars and 0-d arrays
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"can only record a number, bool or str, not {type(value).__name__}: {value!r}")
+
+
+class Recorder:
+    """Collect a chapter's key numbers and keep ``<chapter>.results.json`` up to date."""
+
+    def __init__(self, chapter: str, scale: str):
+        self.chapter = str(chapter)
+        self.scale = str(scale)
+        self.values: dict[str, Value] = {}
+        self._path = records_dir() / f"{self.chapter}.results.json"
+        self._write()
+
+    @property
+    def path(self) -> Path:
+        """The results file."""
+        return self._path
+
+    def log(self, key: str, value: Any) -> Value:
+        """Record ``value`` under ``key`` (a later call with the same key replaces it); return it."""
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"record keys are non-empty strings, not {key!r}")
+        self.values[key] = plain = to_plain(value)
+        self._write()
+        return plain
+
+    def as_dict(self) -> dict:
+        """The content of the results file."""
+        return {"chapter": self.chapter, "scale": self.scale, "values": dict(self.values)}
+
+    def _write(self) -> None:
+        """Atomically rewrite the results file."""
+        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=f".{self._path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.as_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self._path)
+
+    def __repr__(self) -> str:
+        return f"Recorder({self.chapter!r}, {self.scale!r}: {len(self.values)} values -> {self._path})"
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a ``<chapter>.results.json`` file."""
+    return json.loads(Path(path).read_text())
+
+
+def load_reference(chapter: str, scale: str, folder: str | Path | None = None) -> dict:
+    """Read ``<folder>/<chapter>.<scale>.json`` (default folder: ``tests/references``)."""
+    path = Path(folder or REFERENCES_DIR) / f"{chapter}.{scale}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no reference for chapter {chapter!r} at scale {scale!r}: {path}")
+    reference = json.loads(path.read_text())
+    if not isinstance(reference.get("checks"), dict):
+        raise ValueError(f"{path}: a reference needs a 'checks' mapping")
+    return reference
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _applies(spec: dict, values: dict) -> bool:
+    """True when every ``when`` condition of ``spec`` holds in ``values``."""
+    return all(key in values and values[key] == expected for key, expected in spec.get("when", {}).items())
+
+
+def _check_one(key: str, spec: Any, values: dict) -> str | None:
+    """Return a failure message for one check, or None when it passes (or does not apply)."""
+    if not isinstance(spec, dict) or not spec.keys() & {"value", "min", "max", "equals"}:
+        return f"{key}: invalid check {spec!r} (needs 'value', 'min', 'max' or 'equals')"
+    if unknown := spec.keys() - _SPEC_KEYS:
+        return f"{key}: invalid check {spec!r} (unknown field(s) {sorted(unknown)})"
+    if not isinstance(spec.get("when", {}), dict):
+        return f"{key}: invalid check {spec!r} ('when' must map keys to expected values)"
+    if not _applies(spec, values):
+        return None
+    if key not in values:
+        return f"{key}: missing from the results"
+    got = values[key]
+    if "equals" in spec:
+        return None if got == spec["equals"] else f"{key} = {got!r}, expected {spec['equals']!r}"
+    if not _is_number(got) or math.isnan(got):
+        return f"{key} = {got!r}, expected a number"
+    if "value" in spec:
+        tol = spec.get("abs_tol", 0.0)
+        if not abs(got - spec["value"]) <= tol:
+            return f"{key} = {got!r}, expected {spec['value']!r} ± {tol!r}"
+    if "min" in spec and not got >= spec["min"]:
+        return f"{key} = {got!r}, expected >= {spec['min']!r}"
+    if "max" in spec and not got <= spec["max"]:
+        return f"{key} = {got!r}, expected <= {spec['max']!r}"
+    return None
+
+
+def check_against_reference(results: dict, reference: dict) -> list[str]:
+    """Compare a results dict (the file's content, or just its ``values``) with a reference.
+
+    Returns human-readable failures; an empty list means every applicable check passed.
+    """
+    values = results["values"] if isinstance(results.get("values"), dict) else results
+    failures = []
+    for field in ("chapter", "scale"):
+        ours, theirs = results.get(field), reference.get(field)
+        if ours is not None and theirs is not None and ours != theirs:
+            failures.append(f"results are for {field} {ours!r} but the reference is for {theirs!r}")
+    for key, spec in reference.get("checks", {}).items():
+        if (failure := _check_one(key, spec, values)) is not None:
+            failures.append(failure)
+    return failures

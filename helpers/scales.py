@@ -1,0 +1,117 @@
+"""Scale presets: one place that says how big every chapter runs.
+
+Every chapter has a single ``SCALE`` parameter (``smoke``, ``cpu``, ``gpu`` or ``paper``)
+and reads everything else from :func:`get_preset`:
+
+* ``smoke`` - continuous integration: about a minute per chapter on two CPU cores,
+  28 px images, a small CNN trained from scratch.
+* ``cpu``   - a laptop: minutes per chapter, 28 px, small CNN + MobileNetV2.
+* ``gpu``   - a Colab T4: at most ~15 min per chapter, 64 px images resized to 128 px
+  inside ImageNet-pretrained backbones.
+* ``paper`` - the papers' full protocol: 224 px resized to 299 px, seven backbones,
+  50 epochs, full attack budgets (hours on a GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+SCALES = ("smoke", "cpu", "gpu", "paper")
+
+#: The seven architectures of paper 000 (Hirano et al. 2021), Inception V3 first.
+PAPER_ARCHITECTURES = (
+    "inception_v3", "vgg16", "vgg19", "resnet50",
+    "inception_resnet_v2", "densenet121", "densenet169",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a chapter needs to know about its scale."""
+
+    name: str
+    image_size: int                      # MedMNIST size loaded: 28, 64, 128 or 224 px
+    architectures: tuple[str, ...]       # trained and attacked in the chapters
+    main_architecture: str               # the one the figures focus on (paper: Inception V3)
+    weights: str | None                  # "imagenet" or None (random initialisation)
+    offline_fallback: bool               # offline: synthetic data / random init instead of failing
+    epochs: int                          # fine-tuning epochs (paper 000: 50)
+    batch_size: int = 32                 # paper 000: 32
+    backbone_input: int | None = None    # side the model resizes to inside (paper 000: 299)
+    train_per_class: int | None = None   # cap on the papers' class-balanced training subsets
+    test_per_class: int | None = None    # cap on the papers' class-balanced test subsets
+    max_train: int | None = None         # cap on any training set (imbalanced / multi-label)
+    max_test: int | None = None          # cap on any test set
+    # Attack budgets used by the later chapters.
+    uap_images: int = 200                # images the UAP is generated from
+    uap_i_max: int = 15                  # passes over them (paper 000: 15)
+    zeta_grid: tuple[float, ...] = (0.01, 0.02, 0.04, 0.06)  # UAP size as a fraction of mean image norm
+    eval_images: int = 300               # test images a UAP is evaluated on
+    pixel_images_per_class: int = 10     # images attacked per class by the pixel attacks
+    pixel_population: int = 100          # differential evolution population (paper 004: 100)
+    pixel_generations: int = 100         # at most this many generations (paper 004: 100)
+    retrain_rounds: int = 5              # adversarial retraining rounds (paper 000: 5)
+    retrain_uaps: int = 10               # UAPs per retraining round (paper 000: 10)
+    retrain_epochs: int = 5              # extra epochs per round (paper 000: 5)
+    notes: str = field(default="", compare=False)
+
+    def describe(self) -> str:
+        """One line for a chapter's output."""
+        weights = self.weights or "random initialisation"
+        return (f"scale '{self.name}': {self.image_size} px, architectures {', '.join(self.architectures)}, "
+                f"{self.epochs} epochs, weights: {weights}")
+
+
+_PRESETS = {
+    "smoke": Preset(
+        name="smoke", image_size=28, architectures=("small_cnn",), main_architecture="small_cnn",
+        weights=None, offline_fallback=True, epochs=6,
+        train_per_class=400, test_per_class=150, max_train=1600, max_test=600,
+        uap_images=100, uap_i_max=3, zeta_grid=(0.02, 0.04, 0.08), eval_images=200,
+        pixel_images_per_class=4, pixel_population=40, pixel_generations=15,
+        retrain_rounds=2, retrain_uaps=3, retrain_epochs=1,
+        notes="CI: about a minute per chapter on two CPU cores; small CNN from scratch.",
+    ),
+    "cpu": Preset(
+        name="cpu", image_size=28, architectures=("small_cnn", "mobilenet_v2"), main_architecture="small_cnn",
+        weights="imagenet", offline_fallback=True, epochs=15, backbone_input=96,
+        train_per_class=900, test_per_class=270, max_train=4000, max_test=1200,
+        uap_images=500, uap_i_max=5, zeta_grid=(0.01, 0.02, 0.04, 0.06, 0.08), eval_images=500,
+        pixel_images_per_class=20, pixel_population=100, pixel_generations=50,
+        retrain_rounds=5, retrain_uaps=5, retrain_epochs=2,
+        notes="A laptop: minutes per chapter.",
+    ),
+    "gpu": Preset(
+        name="gpu", image_size=64, architectures=("inception_v3", "resnet50", "vgg16"),
+        main_architecture="inception_v3", weights="imagenet", offline_fallback=False, epochs=10,
+        backbone_input=128, train_per_class=1960, test_per_class=840, max_train=8000, max_test=3000,
+        uap_images=1000, uap_i_max=5, eval_images=1000,
+        pixel_images_per_class=50, pixel_population=100, pixel_generations=100,
+        retrain_rounds=5, retrain_uaps=10, retrain_epochs=3,
+        notes="Colab T4: at most ~15 minutes per chapter.",
+    ),
+    "paper": Preset(
+        name="paper", image_size=224, architectures=PAPER_ARCHITECTURES, main_architecture="inception_v3",
+        weights="imagenet", offline_fallback=False, epochs=50, backbone_input=299,
+        train_per_class=None, test_per_class=None, max_train=None, max_test=None,
+        uap_images=10_000, uap_i_max=15, zeta_grid=(0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.10),
+        eval_images=10_000, pixel_images_per_class=100, pixel_population=100, pixel_generations=100,
+        retrain_rounds=5, retrain_uaps=10, retrain_epochs=5,
+        notes="The papers' full protocol: hours on a GPU.",
+    ),
+}
+
+
+def get_preset(scale: str, **overrides) -> Preset:
+    """Return the preset for ``scale``; keyword arguments override single fields.
+
+    >>> get_preset("smoke").image_size
+    28
+    """
+    if not isinstance(scale, str) or scale.lower() not in _PRESETS:
+        raise ValueError(f"SCALE={scale!r} is not a scale; choose one of {', '.join(SCALES)}.")
+    preset = _PRESETS[scale.lower()]
+    unknown = set(overrides) - set(preset.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"get_preset: unknown field(s) {sorted(unknown)}; "
+                         f"known: {sorted(preset.__dataclass_fields__)}.")
+    return replace(preset, **overrides) if overrides else preset

@@ -1,0 +1,118 @@
+"""Synthetic stand-ins for the MedMNIST datasets, for machines without the real data.
+
+Each class (or, for multi-label data, each finding) owns a fixed pattern of soft blobs,
+drawn once per dataset; every image is a smooth random background plus its class pattern
+(jittered, with random strength) plus pixel noise. The result has the shapes, class
+count, class proportions and task type of the real split, and enough structure for a
+small CNN to learn - but it is not medical data, and nothing measured on it is a medical
+result. Same arguments -> same images.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+#: Official class proportions of each split (from the MedMNIST v2 label counts).
+CLASS_PROPORTIONS = {
+    "pneumonia": {"train": (1214, 3494), "val": (135, 389), "test": (234, 390)},
+    "oct": {"train": (33484, 10213, 7754, 46026), "val": (3721, 1135, 862, 5114), "test": (250, 250, 250, 250)},
+    "derma": {"train": (228, 359, 769, 80, 779, 4693, 99), "val": (33, 52, 110, 12, 111, 671, 14),
+              "test": (66, 103, 220, 23, 223, 1341, 29)},
+}
+#: Prevalence of each of the 14 ChestX-ray14 findings (about half the images have none).
+FINDING_PREVALENCE = (0.103, 0.025, 0.119, 0.177, 0.052, 0.056, 0.013, 0.047, 0.042, 0.021,
+                      0.022, 0.015, 0.030, 0.002)
+
+BLOBS_PER_PATTERN = 3
+PATTERN_AMPLITUDE = 0.22
+MULTILABEL_GAIN = 1.4   # findings overlap in one image: a little stronger than class patterns
+NOISE_SD = 0.05
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def _patterns(key: str, n_patterns: int, channels: int, opacities: bool = False) -> dict[str, np.ndarray]:
+    """Blob centres (P, B, 2), widths (P, B), amplitudes (P, B, C) of each pattern.
+
+    ``opacities=True`` makes every blob brighter than the background (findings on an X-ray
+    that add up when several are present); otherwise blobs are brighter or darker.
+    """
+    rng = np.random.default_rng(_seed("patterns", key))
+    centres = rng.uniform(0.2, 0.8, size=(n_patterns, BLOBS_PER_PATTERN, 2))
+    widths = rng.uniform(0.05, 0.11, size=(n_patterns, BLOBS_PER_PATTERN))
+    signs = rng.choice([-1.0, 1.0], size=(n_patterns, BLOBS_PER_PATTERN, 1))
+    if opacities:
+        signs = np.abs(signs) * MULTILABEL_GAIN
+    tints = rng.uniform(0.5, 1.0, size=(n_patterns, BLOBS_PER_PATTERN, channels))
+    return {"centres": centres, "widths": widths, "amplitudes": PATTERN_AMPLITUDE * signs * tints}
+
+
+def _render(centres, widths, amplitudes, size: int) -> np.ndarray:
+    """Sum of Gaussian blobs. centres (N, B, 2), widths (N, B), amplitudes (N, B, C) -> (N, S, S, C)."""
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
+    dy = grid[None, None, :] - centres[..., 0:1]            # (N, B, S)
+    dx = grid[None, None, :] - centres[..., 1:2]
+    inv = 1.0 / (2.0 * widths[..., None] ** 2)
+    gy, gx = np.exp(-dy ** 2 * inv), np.exp(-dx ** 2 * inv)  # separable Gaussians
+    return np.einsum("nby,nbx,nbc->nyxc", gy, gx, amplitudes).astype(np.float32)
+
+
+def _backgrounds(rng, count: int, size: int, channels: int, colour: bool) -> np.ndarray:
+    """Smooth random fields around a mid grey (skin tone for colour images)."""
+    base = np.array([0.78, 0.58, 0.50] if colour else [0.45], dtype=np.float32)[:channels]
+    centres = rng.uniform(0, 1, size=(count, 4, 2))
+    widths = rng.uniform(0.2, 0.4, size=(count, 4))
+    amplitudes = rng.normal(0, 0.08, size=(count, 4, 1)) * np.ones((1, 1, channels))
+    return base + _render(centres, widths, amplitudes, size)
+
+
+def _class_images(rng, patterns, index: np.ndarray, size: int) -> np.ndarray:
+    """The pattern of class index[i] for every image, jittered and with random strength."""
+    count = len(index)
+    centres = patterns["centres"][index] + rng.normal(0, 0.02, size=(count, BLOBS_PER_PATTERN, 2))
+    strength = rng.uniform(0.6, 1.3, size=(count, 1, 1))
+    return _render(centres, patterns["widths"][index], strength * patterns["amplitudes"][index], size)
+
+
+def _labels(rng, key: str, split: str, count: int, n_classes: int) -> np.ndarray:
+    if key == "chest":
+        return (rng.uniform(size=(count, n_classes)) < np.array(FINDING_PREVALENCE)).astype(np.uint8)
+    weights = np.array(CLASS_PROPORTIONS[key][split], dtype=float)
+    labels = rng.choice(n_classes, size=count, p=weights / weights.sum())
+    labels[:n_classes] = np.arange(n_classes)   # every class present, even in tiny splits
+    return rng.permutation(labels).astype(np.int64)
+
+
+def make_synthetic(info, split: str, size: int, seed: int = 0, count: int | None = None):
+    """A synthetic :class:`~helpers.data.MedDataset` shaped like ``info``'s ``split``.
+
+    Args:
+        info: the :class:`~helpers.data.DatasetInfo` to imitate.
+        split: "train", "val" or "test" (sets the class proportions).
+        size: image side in px.
+        seed: changes the images, not the class patterns.
+        count: number of images (default: the official count, at most 4,000, or 1,000 above 64 px).
+    """
+    from .data import MedDataset
+
+    default = 4000 if size <= 64 else 1000
+    count = int(count or min(info.n_samples[split], default))
+    if count < info.n_classes:
+        raise ValueError(f"count={count}: a synthetic split needs at least one image per class ({info.n_classes}).")
+    rng = np.random.default_rng(_seed(info.key, split, size, seed))
+    labels = _labels(rng, info.key, split, count, info.n_classes)
+    patterns = _patterns(info.key, info.n_classes, info.channels, opacities=info.multilabel)
+    images = _backgrounds(rng, count, size, info.channels, colour=info.channels == 3)
+    if info.multilabel:
+        for finding in range(info.n_classes):
+            present = np.flatnonzero(labels[:, finding])
+            if len(present):
+                images[present] += _class_images(rng, patterns, np.full(len(present), finding), size)
+    else:
+        images += _class_images(rng, patterns, labels, size)
+    images += rng.normal(0, NOISE_SD, size=images.shape).astype(np.float32)
+    images = np.clip(images, 0.0, 1.0).astype(np.float32)
+    return MedDataset(info, split, images, labels, synthetic=True, source=f"synthetic (seed {seed})")

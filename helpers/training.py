@@ -1,0 +1,226 @@
+"""Fine-tuning as in paper 000 (Hirano et al. 2021), and a cache of trained models.
+
+Protocol: all layers trained, SGD with momentum 0.9, batch 32, learning rate 1e-3 for the
+first 80 % of the epochs, 1e-4 up to 90 %, 1e-5 after (paper: 40/45/50 epochs), random
+rotations of +-5 degrees and random 5 % shifts; the skin-lesion set is oversampled by
+:mod:`helpers.data`. A trained model is saved under a key made of dataset, data kind,
+size, architecture, weights, scale and seed, reloaded by later runs, and never overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .config import cache_dir
+from .models import WeightsUnavailableError, get_architecture, model_for
+
+ROTATION_DEGREES = 5.0
+SHIFT_FRACTION = 0.05
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic."""
+    keras.utils.set_random_seed(int(seed))
+    tf.config.experimental.enable_op_determinism()
+
+
+def learning_rate_at(epoch: int, epochs: int, base: float = 1e-3) -> float:
+    """Paper 000's step schedule; ``epoch`` counts from 0. 50 epochs: 1-40 base, 41-45 base/10, 46-50 base/100."""
+    number = epoch + 1
+    if number <= 0.8 * epochs:
+        return base
+    if number <= 0.9 * epochs:
+        return base / 10
+    return base / 100
+
+
+def augmenter(seed: int = 0) -> keras.Sequential:
+    """Random rotation (+-5 degrees) and height/width shifts (5 %)."""
+    return keras.Sequential([
+        keras.layers.RandomRotation(ROTATION_DEGREES / 360.0, fill_mode="nearest", seed=seed),
+        keras.layers.RandomTranslation(SHIFT_FRACTION, SHIFT_FRACTION, fill_mode="nearest", seed=seed + 1),
+    ], name="augment")
+
+
+def make_pipeline(images, labels, batch_size: int, *, shuffle: bool, augment: bool, seed: int) -> tf.data.Dataset:
+    """A tf.data pipeline of (image, label) batches, shuffled and augmented for training."""
+    data = tf.data.Dataset.from_tensor_slices((images, labels))
+    if shuffle:
+        data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    data = data.batch(batch_size)
+    if augment:
+        aug = augmenter(seed)
+        data = data.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+def compile_for(model: keras.Model, multilabel: bool, learning_rate: float, optimizer: str = "sgd") -> None:
+    """SGD with momentum 0.9 (or Adam); cross-entropy; accuracy (and AUC for multi-label)."""
+    if optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+    if multilabel:
+        model.compile(optimizer, loss="binary_crossentropy",
+                      metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
+                               keras.metrics.AUC(multi_label=True, name="auc")])
+    else:
+        model.compile(optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+class TqdmEpochs(keras.callbacks.Callback):
+    """One progress bar over the epochs, with the latest metrics."""
+
+    def __init__(self, epochs: int, description: str):
+        super().__init__()
+        self.epochs, self.description, self.bar = epochs, description, None
+
+    def on_train_begin(self, logs=None):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=self.epochs, desc=self.description, unit="epoch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = {k: f"{v:.3f}" for k, v in (logs or {}).items() if k in ("loss", "accuracy", "val_accuracy")}
+        self.bar.set_postfix(shown)
+        self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+def fit(model: keras.Model, train, val=None, *, epochs: int, batch_size: int = 32, seed: int = 0,
+        augment: bool = True, learning_rate: float | None = None, description: str = "training") -> dict:
+    """Train ``model`` on a :class:`~helpers.data.MedDataset` with the paper's protocol.
+
+    Returns the Keras history (lists per metric) plus ``seconds``.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs}: train for at least one epoch.")
+    set_seed(seed)
+    base = learning_rate or 1e-3
+    compile_for(model, train.info.multilabel, base, _optimizer_of(model))
+    data = make_pipeline(train.images, train.labels, batch_size, shuffle=True, augment=augment, seed=seed)
+    val_data = None if val is None else make_pipeline(val.images, val.labels, 256, shuffle=False,
+                                                      augment=False, seed=seed)
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(epoch, epochs, base))
+    start = time.perf_counter()
+    history = model.fit(data, validation_data=val_data, epochs=epochs, verbose=0,
+                        callbacks=[schedule, TqdmEpochs(epochs, description)])
+    result = {k: [float(v) for v in values] for k, values in history.history.items()}
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def _optimizer_of(model: keras.Model) -> str:
+    """The optimizer the model's architecture trains with ("sgd" unless stated)."""
+    try:
+        return get_architecture(model.name.rsplit("_", 1)[0]).optimizer
+    except ValueError:
+        return "sgd"
+
+
+# --------------------------------------------------------------------------- cache
+
+@dataclass
+class TrainedModel:
+    """A trained model with what it was trained on and how."""
+
+    model: keras.Model
+    key: str
+    path: Path
+    meta: dict
+    history: dict = field(default_factory=dict)
+    from_cache: bool = False
+
+
+def model_key(dataset: str, kind: str, size: int, architecture: str, weights: str | None,
+              scale: str, seed: int) -> str:
+    """Cache key, e.g. ``pneumonia-real-28px-small_cnn-scratch-smoke-seed0``."""
+    return f"{dataset}-{kind}-{size}px-{architecture}-{weights or 'scratch'}-{scale}-seed{seed}"
+
+
+def get_or_train(splits: dict, architecture: str, preset, seed: int = 0, *, weights: str | None = "default",
+                 cache: Path | None = None, retrain: bool = False, verbose: bool = True) -> TrainedModel:
+    """The cached model for these data/architecture/scale/seed, trained now if absent.
+
+    ``weights="default"`` takes the preset's; if ImageNet weights cannot be downloaded and the
+    preset allows it (smoke, cpu), the model is trained from random initialisation instead and
+    says so. ``retrain=True`` trains again and saves the new model next to the old one (the
+    old one is kept, renamed with a time stamp).
+    """
+    train = splits["train"]
+    info = train.info
+    arch = get_architecture(architecture)
+    weights = preset.weights if weights == "default" else weights
+    if arch.constructor is None:
+        weights = None
+    model, weights = _build(info, arch.name, preset, weights, seed, verbose)
+    key = model_key(info.key, "synthetic" if train.synthetic else "real", train.size, arch.name,
+                    weights, preset.name, seed)
+    folder = Path(cache or cache_dir("models")) / key
+    if folder.exists() and not retrain:
+        return load_trained(folder, verbose=verbose)
+    history = fit(model, train, splits.get("val"), epochs=preset.epochs, batch_size=preset.batch_size,
+                  seed=seed, description=f"{info.key} / {arch.name}")
+    meta = {"key": key, "dataset": info.key, "data": train.kind, "size": train.size,
+            "architecture": arch.name, "weights": weights or "none (random initialisation)",
+            "scale": preset.name, "seed": seed, "epochs": preset.epochs, "train_images": len(train),
+            "train_seconds": round(history["seconds"], 1), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
+    save_trained(model, folder, meta, history)
+    return TrainedModel(model, key, folder, meta, history, from_cache=False)
+
+
+def _build(info, architecture, preset, weights, seed, verbose):
+    try:
+        model = model_for(info, architecture, preset.image_size, weights, preset.backbone_input, seed)
+        return model, weights
+    except WeightsUnavailableError as error:
+        if not preset.offline_fallback:
+            raise
+        if verbose:
+            print("!" * 78 + f"\n!! {error}\n!! Scale '{preset.name}': training {architecture} from RANDOM "
+                  f"INITIALISATION instead (no transfer learning).\n" + "!" * 78)
+        return model_for(info, architecture, preset.image_size, None, preset.backbone_input, seed), None
+
+
+def save_trained(model: keras.Model, folder: Path, meta: dict, history: dict) -> None:
+    """Write model, metadata and history into ``folder`` atomically; an existing folder is kept, renamed."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    model.save(staging / "model.keras")
+    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+    (staging / "history.json").write_text(json.dumps(history, indent=2))
+    if folder.exists():
+        folder.rename(folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"))
+    staging.rename(folder)
+
+
+def load_trained(folder: Path, verbose: bool = True) -> TrainedModel:
+    """Reload a model saved by :func:`save_trained`."""
+    folder = Path(folder)
+    if not (folder / "model.keras").is_file():
+        raise FileNotFoundError(f"{folder} holds no model.keras: not a trained-model folder.")
+    model = keras.models.load_model(folder / "model.keras")
+    meta = json.loads((folder / "meta.json").read_text())
+    history = json.loads((folder / "history.json").read_text())
+    if verbose:
+        print(f"loaded {meta['key']} from the cache (trained {meta.get('saved', '?')})")
+    return TrainedModel(model, meta["key"], folder, meta, history, from_cache=True)
+
+
+def remove_cached(folder: Path) -> None:
+    """Delete one cached model folder (only folders that hold a model.keras)."""
+    folder = Path(folder)
+    if (folder / "model.keras").is_file():
+        shutil.rmtree(folder)

@@ -1,0 +1,101 @@
+"""The book pipeline: toc parsing, book folder copies, chapter execution and failure reports."""
+import json
+
+import nbformat
+import pytest
+
+from helpers import pipeline
+from helpers.pipeline import (BOOK_DIR, CHAPTERS_DIR, ChapterFailed, _select, execute_chapter,
+                              prepare_book_dir, source_notebook, strip_notebooks, toc_chapters)
+
+
+def write_notebook(path, *sources, parameters='SCALE = "cpu"'):
+    """A small notebook: a `parameters` cell, then one code cell per source."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A throwaway chapter"), params,
+                *(nbformat.v4.new_code_cell(s) for s in sources)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_book_toc_lists_chapters_with_source_notebooks():
+    names = toc_chapters(BOOK_DIR / "_toc.yml")
+    assert names and names[0] == "01_transfer_learning"
+    if not any(CHAPTERS_DIR.glob("*.ipynb")):
+        pytest.skip("chapters/ has no notebooks yet")
+    missing = [n for n in names if not source_notebook(n).exists()]
+    assert not missing, f"toc entries without a source notebook in chapters/: {missing}"
+
+
+def test_toc_parsing_of_nested_parts_and_md_pages(tmp_path):
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "chapters" / "notes.md").write_text("# Notes\n")
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nparts:\n"
+        "  - caption: A\n    chapters:\n      - file: chapters/01_a\n      - file: about\n"
+        "  - caption: B\n    chapters:\n      - file: chapters/02_b.ipynb\n"
+        "        sections:\n          - file: chapters/03_c\n          - file: chapters/notes\n"
+        "          - file: chapters/extra.md\n")
+    assert toc_chapters(tmp_path / "_toc.yml") == ["01_a", "02_b", "03_c"]
+
+
+def test_chapter_selection():
+    toc = ["01_transfer_learning", "02_uap_nontargeted"]
+    assert _select(None, toc) == toc
+    assert _select(["02", "chapters/01_transfer_learning.ipynb"], toc) == toc[::-1]
+    with pytest.raises(ValueError, match="not .*in the book's _toc.yml"):
+        _select(["09_missing"], toc)
+
+
+def test_book_copy_leaves_out_generated_files(tmp_path, monkeypatch):
+    source = tmp_path / "repo_book"
+    (source / "chapters").mkdir(parents=True)
+    (source / "_build" / "html").mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml", "intro.md", "references.bib", "chapters/page.md",
+                 "chapters/01_x.ipynb", "chapters/01_x.results.json", "_build/html/index.html"):
+        (source / name).write_text("x")
+    monkeypatch.setattr(pipeline, "BOOK_DIR", source)
+    copy = prepare_book_dir(tmp_path / "copy" / "book")
+    copied = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
+    assert copied == ["_config.yml", "_toc.yml", "chapters/page.md", "intro.md", "references.bib"]
+    assert prepare_book_dir(source) == source.resolve()  # the book itself: nothing copied
+
+
+def test_failure_report_shows_the_failing_cell(tmp_path):
+    source = write_notebook(tmp_path / "07_broken.ipynb", "x = 41",
+                            "def f():\n    return undefined_name + x\nf()", "print('never reached')")
+    with pytest.raises(ChapterFailed) as caught:
+        execute_chapter(source, tmp_path / "book" / "chapters" / "07_broken.ipynb", log_output=False)
+    report = str(caught.value)
+    assert caught.value.chapter == "07_broken"
+    assert "Chapter 07_broken failed" in report
+    assert "return undefined_name + x" in report          # the failing cell's source
+    assert "NameError: name 'undefined_name' is not defined" in report
+    assert "never reached" not in report
+
+
+def test_executed_chapter_gets_scale_and_records_next_to_it(tmp_path):
+    source = write_notebook(
+        tmp_path / "01_tiny.ipynb",
+        "from helpers.records import Recorder\nrec = Recorder('01_tiny', SCALE)\nrec.log('tiny/answer', 42)")
+    output = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
+    ran = execute_chapter(source, output, "smoke", log_output=False)
+    assert ran.notebook == output and output.exists()
+    assert ran.results == output.with_name("01_tiny.results.json")
+    assert json.loads(ran.results.read_text()) == {"chapter": "01_tiny", "scale": "smoke",
+                                                   "values": {"tiny/answer": 42}}
+
+
+def test_strip_notebooks(tmp_path):
+    path = write_notebook(tmp_path / "nb.ipynb", "1 + 1")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[2].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    nb.cells[2].execution_count = 1
+    nbformat.write(nb, path)
+    assert strip_notebooks([path]) == [path]
+    cell = nbformat.read(path, as_version=4).cells[2]
+    assert cell.outputs == [] and cell.execution_count is None
+    assert strip_notebooks([path]) == []  # already clean: left untouched
