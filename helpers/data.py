@@ -411,7 +411,8 @@ def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:
                            preset.train_per_class if split == "train" else preset.test_per_class)
     if per_class and info.key in CLASS_PROPORTIONS:
         counts = np.array(CLASS_PROPORTIONS[info.key][split], dtype=float)
-        wanted = max(wanted, int(np.ceil(per_class * counts.sum() / counts.min())))
+        # 1.5x: labels are drawn at random, so the rarest class must be expected well above per_class
+        wanted = max(wanted, int(np.ceil(1.5 * per_class * counts.sum() / counts.min())))
     return int(min(info.n_samples[split], wanted, 20_000))
 
 

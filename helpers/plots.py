@@ -27,7 +27,8 @@ _LONG_LABEL = 8  # characters; longer tick labels are rotated
 
 
 def _rotate_long_ticks(ax: Axes, names: Sequence[str]) -> None:
-    if any(len(str(name)) > _LONG_LABEL for name in names):
+    crowded = len(names) > 8
+    if crowded or any(len(str(name)) > _LONG_LABEL for name in names):
         ax.tick_params(axis="x", labelrotation=35)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
@@ -135,7 +136,7 @@ def _as_history(run: str, history) -> dict[str, list[float]]:
     history = getattr(history, "history", history)  # a keras.callbacks.History works too
     if not isinstance(history, Mapping) or "loss" not in history or len(history["loss"]) == 0:
         raise ValueError(f"histories[{run!r}] must be a Keras-style dict with a non-empty 'loss' list.")
-    return {key: list(values) for key, values in history.items()}
+    return {key: list(values) for key, values in history.items() if isinstance(values, (list, tuple, np.ndarray))}
 
 
 def _plot_metric(ax: Axes, history: dict, key: str, label: str, color) -> None:

@@ -19,6 +19,8 @@ The regression tests compare such a file with ``tests/references/<chapter>.<scal
      "checks": {"pneumonia/small_cnn/test_accuracy": {"min": 0.6},
                 "pneumonia/real_data": {"equals": true},
                 "pneumonia/auc": {"value": 0.9, "abs_tol": 0.05, "when": {"pneumonia/real_data": true}}}}
+
+A key may also map to a list of such checks, e.g. one for real and one for synthetic data.
 """
 from __future__ import annotations
 
@@ -169,7 +171,8 @@ def check_against_reference(results: dict, reference: dict) -> list[str]:
         ours, theirs = results.get(field), reference.get(field)
         if ours is not None and theirs is not None and ours != theirs:
             failures.append(f"results are for {field} {ours!r} but the reference is for {theirs!r}")
-    for key, spec in reference.get("checks", {}).items():
-        if (failure := _check_one(key, spec, values)) is not None:
-            failures.append(failure)
+    for key, specs in reference.get("checks", {}).items():
+        for spec in specs if isinstance(specs, list) else [specs]:
+            if (failure := _check_one(key, spec, values)) is not None:
+                failures.append(failure)
     return failures

@@ -34,7 +34,8 @@ class Preset:
     main_architecture: str               # the one the figures focus on (paper: Inception V3)
     weights: str | None                  # "imagenet" or None (random initialisation)
     offline_fallback: bool               # offline: synthetic data / random init instead of failing
-    epochs: int                          # fine-tuning epochs (paper 000: 50)
+    epochs: int                          # training epochs (paper 000: 50)
+    backbone_epochs: int | None = None   # epochs for ImageNet backbones, if fewer (default: epochs)
     batch_size: int = 32                 # paper 000: 32
     backbone_input: int | None = None    # side the model resizes to inside (paper 000: 299)
     train_per_class: int | None = None   # cap on the papers' class-balanced training subsets
@@ -53,6 +54,12 @@ class Preset:
     retrain_uaps: int = 10               # UAPs per retraining round (paper 000: 10)
     retrain_epochs: int = 5              # extra epochs per round (paper 000: 5)
     notes: str = field(default="", compare=False)
+
+    def epochs_for(self, architecture: str) -> int:
+        """Training epochs of ``architecture``: ``backbone_epochs`` for ImageNet backbones."""
+        if architecture == "small_cnn" or self.backbone_epochs is None:
+            return self.epochs
+        return self.backbone_epochs
 
     def describe(self) -> str:
         """One line for a chapter's output."""
@@ -73,7 +80,7 @@ _PRESETS = {
     ),
     "cpu": Preset(
         name="cpu", image_size=28, architectures=("small_cnn", "mobilenet_v2"), main_architecture="small_cnn",
-        weights="imagenet", offline_fallback=True, epochs=15, backbone_input=96,
+        weights="imagenet", offline_fallback=True, epochs=25, backbone_epochs=2, backbone_input=64,
         train_per_class=900, test_per_class=270, max_train=4000, max_test=1200,
         uap_images=500, uap_i_max=5, zeta_grid=(0.01, 0.02, 0.04, 0.06, 0.08), eval_images=500,
         pixel_images_per_class=20, pixel_population=100, pixel_generations=50,

@@ -36,7 +36,7 @@ def set_seed(seed: int) -> None:
 def learning_rate_at(epoch: int, epochs: int, base: float = 1e-3) -> float:
     """Paper 000's step schedule; ``epoch`` counts from 0. 50 epochs: 1-40 base, 41-45 base/10, 46-50 base/100."""
     number = epoch + 1
-    if number <= 0.8 * epochs:
+    if number <= max(1, 0.8 * epochs):   # the first epoch always at the base rate (1 epoch: not 1e-5)
         return base
     if number <= 0.9 * epochs:
         return base / 10
@@ -102,7 +102,7 @@ def fit(model: keras.Model, train, val=None, *, epochs: int, batch_size: int = 3
         augment: bool = True, learning_rate: float | None = None, description: str = "training") -> dict:
     """Train ``model`` on a :class:`~helpers.data.MedDataset` with the paper's protocol.
 
-    Returns the Keras history (lists per metric) plus ``seconds``.
+    Returns the Keras history: a list of per-epoch values for every loss and metric.
     """
     if epochs < 1:
         raise ValueError(f"epochs={epochs}: train for at least one epoch.")
@@ -113,12 +113,9 @@ def fit(model: keras.Model, train, val=None, *, epochs: int, batch_size: int = 3
     val_data = None if val is None else make_pipeline(val.images, val.labels, 256, shuffle=False,
                                                       augment=False, seed=seed)
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(epoch, epochs, base))
-    start = time.perf_counter()
     history = model.fit(data, validation_data=val_data, epochs=epochs, verbose=0,
                         callbacks=[schedule, TqdmEpochs(epochs, description)])
-    result = {k: [float(v) for v in values] for k, values in history.history.items()}
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
 def _optimizer_of(model: keras.Model) -> str:
@@ -170,12 +167,15 @@ def get_or_train(splits: dict, architecture: str, preset, seed: int = 0, *, weig
     folder = Path(cache or cache_dir("models")) / key
     if folder.exists() and not retrain:
         return load_trained(folder, verbose=verbose)
-    history = fit(model, train, splits.get("val"), epochs=preset.epochs, batch_size=preset.batch_size,
+    start = time.perf_counter()
+    epochs = preset.epochs_for(arch.name)
+    history = fit(model, train, splits.get("val"), epochs=epochs, batch_size=preset.batch_size,
                   seed=seed, description=f"{info.key} / {arch.name}")
+    seconds = time.perf_counter() - start
     meta = {"key": key, "dataset": info.key, "data": train.kind, "size": train.size,
             "architecture": arch.name, "weights": weights or "none (random initialisation)",
-            "scale": preset.name, "seed": seed, "epochs": preset.epochs, "train_images": len(train),
-            "train_seconds": round(history["seconds"], 1), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "scale": preset.name, "seed": seed, "epochs": epochs, "train_images": len(train),
+            "train_seconds": round(seconds, 1), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
     save_trained(model, folder, meta, history)
     return TrainedModel(model, key, folder, meta, history, from_cache=False)
 

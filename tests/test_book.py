@@ -1,0 +1,72 @@
+"""Chapter 1 executed at the smoke scale, its recorded numbers, and the rendered book."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers import config
+from helpers.pipeline import run, toc_chapters
+from helpers.records import check_against_reference, load_reference
+
+REPO = Path(__file__).resolve().parents[1]
+CHAPTER = "01_transfer_learning"
+pytestmark = [pytest.mark.slow, pytest.mark.book]
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    """Execute chapter 1 at smoke into a temporary copy of the book and build the HTML."""
+    work = tmp_path_factory.mktemp("book")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(config.ENV_CACHE_DIR, str(work / "cache"))  # train from scratch, hermetically
+        return run("smoke", work / "book", chapters=[CHAPTER])
+
+
+def test_chapter_numbers_match_the_reference(built_book):
+    results = json.loads(Path(built_book["results"][CHAPTER]).read_text())
+    failures = check_against_reference(results, load_reference(CHAPTER, "smoke"))
+    assert not failures, "\n".join(failures)
+
+
+def test_real_pneumonia_model_reaches_80_percent(built_book, real_medmnist_dir):
+    if real_medmnist_dir is None or os.environ.get("MEDMNIST_DIR") is None:
+        pytest.skip("the real PneumoniaMNIST file is not available to the chapter")
+    values = json.loads(Path(built_book["results"][CHAPTER]).read_text())["values"]
+    assert values["pneumonia/data"] == "real"
+    assert values["pneumonia/small_cnn/test_accuracy"] >= 0.80
+
+
+def test_executed_chapter_has_no_errors(built_book):
+    notebook = nbformat.read(built_book["notebooks"][CHAPTER], as_version=4)
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+
+
+def test_chapter_page_shows_table_figures_and_data_kind(built_book):
+    page = Path(built_book["book_dir"]) / "_build" / "html" / "chapters" / f"{CHAPTER}.html"
+    html = page.read_text()
+    assert "paper, Inception V3 test (%)" in html          # the accuracy table beside the paper's
+    figures = re.findall(r'<img[^>]+src="[^"]*_images/[^"]+\.png"', html)
+    assert len(figures) >= 3, f"only {len(figures)} figures on the chapter page"
+    assert "REAL data:" in html and "SYNTHETIC stand-ins" in html
+    assert "Summary" in html and "Exercises" in html
+
+
+def test_every_chapter_has_a_colab_badge_pointing_at_itself():
+    for name in toc_chapters():
+        notebook = nbformat.read(REPO / "chapters" / f"{name}.ipynb", as_version=4)
+        first = notebook.cells[0].source
+        assert config.colab_url(name) in first, f"{name}: the Colab badge must link to {config.colab_url(name)}"
+
+
+def test_install_cell_does_nothing_outside_colab():
+    for name in toc_chapters():
+        notebook = nbformat.read(REPO / "chapters" / f"{name}.ipynb", as_version=4)
+        install = notebook.cells[1].source
+        assert 'if "google.colab" in sys.modules:' in install and "pip install" in install
+        assert config.REPO_URL.removeprefix("https://") in install

@@ -1,0 +1,81 @@
+"""Scale presets: one per scale, overrides, and what each scale promises."""
+import dataclasses
+
+import pytest
+
+from helpers.scales import PAPER_ARCHITECTURES, SCALES, Preset, get_preset
+
+
+def test_every_scale_has_a_preset_of_that_name():
+    assert SCALES == ("smoke", "cpu", "gpu", "paper")
+    for scale in SCALES:
+        preset = get_preset(scale)
+        assert isinstance(preset, Preset)
+        assert preset.name == scale
+        assert preset.main_architecture in preset.architectures
+        assert preset.epochs >= 1 and preset.batch_size >= 1
+        assert scale in preset.describe()
+
+
+def test_scale_names_are_case_insensitive():
+    assert get_preset("SMOKE") == get_preset("smoke")
+
+
+@pytest.mark.parametrize("scale", ["huge", "", None, 28])
+def test_unknown_scale_names_SCALE(scale):
+    with pytest.raises(ValueError, match="SCALE=") as error:
+        get_preset(scale)
+    assert "smoke" in str(error.value) and "paper" in str(error.value)
+
+
+def test_overrides_change_only_the_named_fields():
+    base = get_preset("smoke")
+    preset = get_preset("smoke", epochs=2, max_train=300)
+    assert (preset.epochs, preset.max_train) == (2, 300)
+    assert dataclasses.replace(preset, epochs=base.epochs, max_train=base.max_train) == base
+    assert get_preset("smoke") == base and base.epochs == 6      # the stored preset is untouched
+
+
+def test_unknown_override_field_is_rejected():
+    with pytest.raises(ValueError, match="epoch"):
+        get_preset("smoke", epoch=3)
+
+
+def test_smoke_is_small():
+    smoke = get_preset("smoke")
+    assert smoke.image_size == 28
+    assert smoke.architectures == ("small_cnn",) and smoke.main_architecture == "small_cnn"
+    assert smoke.weights is None and smoke.offline_fallback
+    assert smoke.epochs <= 10 and smoke.max_train <= 2000 and smoke.max_test <= 1000
+
+
+def test_cpu_may_fall_back_offline():
+    cpu = get_preset("cpu")
+    assert cpu.image_size == 28 and cpu.weights == "imagenet" and cpu.offline_fallback
+
+
+def test_gpu_uses_64_to_128_px_and_imagenet_weights():
+    gpu = get_preset("gpu")
+    assert gpu.image_size == 64 and gpu.backbone_input == 128
+    assert 64 <= gpu.image_size <= gpu.backbone_input <= 128
+    assert gpu.weights == "imagenet" and not gpu.offline_fallback
+    assert set(gpu.architectures) <= set(PAPER_ARCHITECTURES)
+
+
+def test_paper_follows_paper_000():
+    paper = get_preset("paper")
+    assert paper.architectures == ("inception_v3", "vgg16", "vgg19", "resnet50",
+                                   "inception_resnet_v2", "densenet121", "densenet169")
+    assert paper.main_architecture == "inception_v3"
+    assert paper.epochs == 50 and paper.batch_size == 32
+    assert paper.image_size == 224 and paper.backbone_input == 299
+    assert paper.weights == "imagenet" and not paper.offline_fallback
+    assert paper.uap_i_max == 15 and paper.retrain_rounds == 5 and paper.retrain_epochs == 5
+    assert paper.max_train is None and paper.train_per_class is None   # no caps: the papers' own subsets
+
+
+def test_scales_grow_from_smoke_to_paper():
+    presets = [get_preset(s) for s in SCALES]
+    sizes = [p.image_size for p in presets]
+    epochs = [p.epochs for p in presets]
+    assert sizes == sorted(sizes) and epochs[0] < epochs[-1]

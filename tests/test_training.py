@@ -1,0 +1,208 @@
+"""Paper 000's training protocol and the cache of trained models."""
+import shutil
+import urllib.error
+
+import numpy as np
+import pytest
+
+from helpers import data, training
+from helpers.models import WeightsUnavailableError, build_model, predict_labels, predict_proba
+from helpers.scales import get_preset
+from helpers.training import augmenter, fit, get_or_train, learning_rate_at, model_key
+
+# A tiny smoke preset: 300 training images, 2 epochs of the small CNN.
+TINY = get_preset("smoke", epochs=2, max_train=300, train_per_class=150, test_per_class=50, max_test=100)
+
+
+def tiny_splits(seed=0):
+    return data.load_for_scale("pneumonia", TINY, seed=seed, source="synthetic", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """(splits, TrainedModel): the small CNN trained once on TINY into a module cache."""
+    cache = tmp_path_factory.mktemp("tiny-models")
+    with pytest.MonkeyPatch.context() as patch:       # module scope: before the per-test cache exists
+        patch.setenv("COURSE_CACHE_DIR", str(cache / "course-cache"))
+        splits = tiny_splits()
+        return splits, get_or_train(splits, "small_cnn", TINY, seed=0, cache=cache, verbose=False)
+
+
+def same_weights(a, b):
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+# --------------------------------------------------------------------------- schedule
+
+def test_learning_rate_schedule_of_paper_000():
+    rates = [learning_rate_at(e, 50) for e in range(50)]
+    assert rates[:40] == [1e-3] * 40            # epochs 1-40
+    assert rates[40:45] == [1e-4] * 5           # epochs 41-45 (index 40 is epoch 41)
+    assert rates[45:] == [1e-5] * 5             # epochs 46-50
+    assert learning_rate_at(39, 50) == 1e-3 and learning_rate_at(40, 50) == 1e-4
+
+
+def test_learning_rate_schedule_scales_with_the_base_and_the_epochs():
+    assert [learning_rate_at(e, 10, base=0.1) for e in range(10)] == [0.1] * 8 + [0.01, 0.001]
+    assert [learning_rate_at(e, 6) for e in range(6)] == [1e-3] * 4 + [1e-4, 1e-5]   # smoke: 6 epochs
+
+
+@pytest.mark.parametrize("epochs", range(1, 13))
+def test_learning_rate_schedule_for_few_epochs(epochs):
+    rates = [learning_rate_at(e, epochs) for e in range(epochs)]
+    assert rates[0] == 1e-3                        # never start (or, for one epoch, train only) at 1e-5
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert set(rates) <= {1e-3, 1e-4, 1e-5}
+    assert rates.count(1e-3) >= 0.8 * epochs - 1   # most of the training at the base rate
+
+
+def test_one_epoch_trains_at_the_base_rate():
+    assert learning_rate_at(0, 1) == 1e-3 and learning_rate_at(0, 1, base=0.01) == 0.01
+
+
+# --------------------------------------------------------------------------- fit, augmentation, keys
+
+def test_fit_needs_at_least_one_epoch():
+    model = build_model("small_cnn", (28, 28, 1), 2, weights=None)
+    train = data.load("pneumonia", "train", source="synthetic", synthetic_count=8, verbose=False)
+    with pytest.raises(ValueError, match="epochs=0"):
+        fit(model, train, epochs=0)
+
+
+def test_augmenter_keeps_shape_and_range_and_moves_pixels():
+    x = data.load("derma", "val", source="synthetic", synthetic_count=8, verbose=False).images
+    aug = augmenter(seed=0)
+    out = np.asarray(aug(x, training=True))
+    assert out.shape == x.shape
+    assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
+    assert np.abs(out - x).mean() > 1e-3                     # rotated/shifted
+    assert np.abs(out - x).mean() < 0.2                       # by a few degrees / pixels only
+    np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
+
+
+def test_training_pipeline_batches_and_keeps_range():
+    train = data.load("pneumonia", "train", source="synthetic", synthetic_count=70, verbose=False)
+    batches = list(training.make_pipeline(train.images, train.labels, 32, shuffle=True, augment=True, seed=0))
+    assert [len(x) for x, _ in batches] == [32, 32, 6]
+    images = np.concatenate([np.asarray(x) for x, _ in batches])
+    labels = np.concatenate([np.asarray(y) for _, y in batches])
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert sorted(labels.tolist()) == sorted(train.labels.tolist())
+    assert labels.tolist() != train.labels.tolist()           # shuffled
+
+
+def test_model_key_format():
+    assert model_key("pneumonia", "real", 28, "small_cnn", None, "smoke", 0) == \
+        "pneumonia-real-28px-small_cnn-scratch-smoke-seed0"
+    assert model_key("oct", "synthetic", 64, "inception_v3", "imagenet", "gpu", 3) == \
+        "oct-synthetic-64px-inception_v3-imagenet-gpu-seed3"
+
+
+# --------------------------------------------------------------------------- the model cache
+
+@pytest.mark.slow
+def test_get_or_train_trains_and_saves_under_its_key(trained_tiny):
+    splits, trained = trained_tiny
+    assert not trained.from_cache
+    assert trained.key == "pneumonia-synthetic-28px-small_cnn-scratch-smoke-seed0"
+    assert trained.path.name == trained.key
+    assert sorted(p.name for p in trained.path.iterdir()) == ["history.json", "meta.json", "model.keras"]
+    meta = trained.meta
+    assert (meta["data"], meta["architecture"], meta["epochs"], meta["train_images"]) == \
+        ("SYNTHETIC", "small_cnn", 2, len(splits["train"]))
+    assert len(trained.history["loss"]) == 2 and "val_accuracy" in trained.history
+    assert trained.history["learning_rate"] == pytest.approx([1e-3, 1e-5])
+
+
+@pytest.mark.slow
+def test_second_call_loads_from_the_cache_without_training(trained_tiny, monkeypatch):
+    splits, trained = trained_tiny
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again instead of loading the cache")
+
+    monkeypatch.setattr(training, "fit", no_training)
+    again = get_or_train(splits, "small_cnn", TINY, seed=0, cache=trained.path.parent, verbose=False)
+    assert again.from_cache and again.key == trained.key and again.path == trained.path
+    assert again.meta == trained.meta
+    x = splits["test"].images
+    np.testing.assert_array_equal(predict_proba(again.model, x), predict_proba(trained.model, x))
+
+
+@pytest.mark.slow
+def test_retrain_keeps_the_old_model(trained_tiny, tmp_path):
+    splits, trained = trained_tiny
+    cache = tmp_path / "models"
+    shutil.copytree(trained.path, cache / trained.key)
+    old_model = (cache / trained.key / "model.keras").read_bytes()
+    again = get_or_train(splits, "small_cnn", TINY, seed=0, cache=cache, retrain=True, verbose=False)
+    assert not again.from_cache and again.path == cache / trained.key
+    folders = sorted(p.name for p in cache.iterdir())
+    assert len(folders) == 2 and folders[0] == trained.key
+    assert folders[1].startswith(trained.key + ".old-")
+    assert (cache / folders[1] / "model.keras").read_bytes() == old_model     # nothing lost
+    assert (cache / trained.key / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_training_is_deterministic(trained_tiny, tmp_path):
+    splits, trained = trained_tiny
+    twin = get_or_train(tiny_splits(), "small_cnn", TINY, seed=0, cache=tmp_path / "other", verbose=False)
+    assert not twin.from_cache
+    assert same_weights(twin.model, trained.model)
+    x = splits["test"].images
+    np.testing.assert_array_equal(predict_proba(twin.model, x), predict_proba(trained.model, x))
+    assert twin.history["loss"] == trained.history["loss"]
+
+
+@pytest.mark.slow
+def test_offline_imagenet_falls_back_to_random_initialisation(monkeypatch, tmp_path, capsys):
+    import keras.src.backend.config as keras_config
+    import keras.src.utils.file_utils as file_utils
+
+    def urlretrieve(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", urlretrieve)
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras-home"))
+    train = data.load("pneumonia", "train", source="synthetic", synthetic_count=32, verbose=False)
+    splits = {"train": train}
+    strict = get_preset("cpu", epochs=1, backbone_epochs=1, backbone_input=32, offline_fallback=False)
+    with pytest.raises(WeightsUnavailableError, match="MobileNetV2"):
+        get_or_train(splits, "mobilenet_v2", strict, cache=tmp_path / "models", verbose=False)
+    assert not (tmp_path / "models").exists()
+
+    compile_for = training.compile_for
+
+    def compile_eagerly(model, *args, **kwargs):     # tracing MobileNetV2's train step takes ~20 s
+        compile_for(model, *args, **kwargs)
+        model.run_eagerly = True
+
+    monkeypatch.setattr(training, "compile_for", compile_eagerly)
+    lenient = get_preset("cpu", epochs=1, backbone_epochs=1, backbone_input=32)
+    assert lenient.weights == "imagenet" and lenient.offline_fallback
+    capsys.readouterr()
+    trained = get_or_train(splits, "mobilenet_v2", lenient, cache=tmp_path / "models")
+    out = capsys.readouterr().out
+    assert "RANDOM INITIALISATION" in out and "Could not download the ImageNet weights" in out
+    assert trained.key == "pneumonia-synthetic-28px-mobilenet_v2-scratch-cpu-seed0"
+    assert trained.meta["weights"] == "none (random initialisation)"
+    assert not trained.from_cache and len(trained.history["loss"]) == 1 and trained.model.run_eagerly
+    assert trained.model.get_layer("resize").output.shape[1:3] == (32, 32)
+    assert (tmp_path / "models" / trained.key / "model.keras").is_file()
+    assert predict_labels(trained.model, train.images[:4]).shape == (4,)
+
+
+# --------------------------------------------------------------------------- acceptance (real data)
+
+@pytest.mark.slow
+def test_smoke_model_reaches_80_percent_on_real_pneumonia(real_medmnist_dir, request):
+    if real_medmnist_dir is None:
+        pytest.skip("no real pneumoniamnist.npz (set MEDMNIST_DIR)")
+    splits, trained = request.getfixturevalue("smoke_pneumonia_model")   # trained only when needed
+    test = splits["test"]
+    assert not test.synthetic and trained.key == "pneumonia-real-28px-small_cnn-scratch-smoke-seed0"
+    np.testing.assert_array_equal(test.class_counts(), [150, 150])      # the smoke scale's balanced subset
+    accuracy = float((predict_labels(trained.model, test.images) == test.labels).mean())
+    assert accuracy >= 0.80, f"smoke-scale test accuracy {accuracy:.3f} < 0.80"
