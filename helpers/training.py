@@ -113,7 +113,7 @@ def fit(model: keras.Model, train, val=None, *, epochs: int, batch_size: int = 3
     val_data = None if val is None else make_pipeline(val.images, val.labels, 256, shuffle=False,
                                                       augment=False, seed=seed)
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(epoch, epochs, base))
-    history = model.fit(data, validation_data=val_data, epochs=epochs, verbose=0,
+    history = model.fit(data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
                         callbacks=[schedule, TqdmEpochs(epochs, description)])
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 

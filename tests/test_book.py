@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -19,11 +18,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.book]
 
 
 @pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    """Execute chapter 1 at smoke into a temporary copy of the book and build the HTML."""
+def built_book(tmp_path_factory, real_medmnist_dir):
+    """Execute chapter 1 at smoke into a temporary copy of the book and build the HTML.
+
+    The chapter uses the real PneumoniaMNIST file when it is available, as `make book` does.
+    """
     work = tmp_path_factory.mktemp("book")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(config.ENV_CACHE_DIR, str(work / "cache"))  # train from scratch, hermetically
+        if real_medmnist_dir is not None:
+            patch.setenv(config.ENV_MEDMNIST_DIR, str(real_medmnist_dir))
+        else:
+            patch.delenv(config.ENV_MEDMNIST_DIR, raising=False)
         return run("smoke", work / "book", chapters=[CHAPTER])
 
 
@@ -34,8 +40,8 @@ def test_chapter_numbers_match_the_reference(built_book):
 
 
 def test_real_pneumonia_model_reaches_80_percent(built_book, real_medmnist_dir):
-    if real_medmnist_dir is None or os.environ.get("MEDMNIST_DIR") is None:
-        pytest.skip("the real PneumoniaMNIST file is not available to the chapter")
+    if real_medmnist_dir is None:
+        pytest.skip("the real PneumoniaMNIST file is not available")
     values = json.loads(Path(built_book["results"][CHAPTER]).read_text())["values"]
     assert values["pneumonia/data"] == "real"
     assert values["pneumonia/small_cnn/test_accuracy"] >= 0.80
