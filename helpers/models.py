@@ -8,6 +8,7 @@ sigmoid per finding for multi-label data.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +115,13 @@ def _backbone(arch: Architecture, side: int, weights: str | None):
         raise WeightsUnavailableError(
             f"Could not download the ImageNet weights of {arch.constructor} ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]}).\n  Connect to the internet once (Keras caches them in "
-            f"{Path.home() / '.keras' / 'models'}), or copy the weights file there, or build the model with "
+            f"{keras_models_dir()}), or copy the weights file there, or build the model with "
             f"weights=None to train from random initialisation.") from None
+
+
+def keras_models_dir() -> Path:
+    """Where Keras caches downloaded weights: ``$KERAS_HOME/models`` (default ``~/.keras/models``)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
 
 
 def _looks_like_download_error(error: Exception) -> bool:

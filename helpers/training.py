@@ -9,7 +9,6 @@ size, architecture, weights, scale and seed, reloaded by later runs, and never o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -202,8 +201,17 @@ def save_trained(model: keras.Model, folder: Path, meta: dict, history: dict) ->
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))
     (staging / "history.json").write_text(json.dumps(history, indent=2))
     if folder.exists():
-        folder.rename(folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"))
+        folder.rename(_unused_name(folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")))
     staging.rename(folder)
+
+
+def _unused_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... whichever does not exist yet."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
 
 
 def load_trained(folder: Path, verbose: bool = True) -> TrainedModel:

@@ -293,3 +293,11 @@ def test_art_classifier_for_multilabel_models():
 def test_art_classifier_rejects_a_single_label_model_for_multilabel_data(small_cnn):
     with pytest.raises(ValueError, match="single-label"):
         to_art_classifier(small_cnn, get_info("chest"))
+
+
+def test_keras_models_dir_follows_keras_home(monkeypatch, tmp_path):
+    from helpers.models import keras_models_dir
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert keras_models_dir() == tmp_path / "models"
+    monkeypatch.delenv("KERAS_HOME")
+    assert keras_models_dir().parts[-2:] == (".keras", "models")

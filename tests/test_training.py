@@ -1,7 +1,9 @@
 """Paper 000's training protocol and the cache of trained models."""
+import json
 import shutil
 import urllib.error
 
+import keras
 import numpy as np
 import pytest
 
@@ -206,3 +208,14 @@ def test_smoke_model_reaches_80_percent_on_real_pneumonia(real_medmnist_dir, req
     np.testing.assert_array_equal(test.class_counts(), [150, 150])      # the smoke scale's balanced subset
     accuracy = float((predict_labels(trained.model, test.images) == test.labels).mean())
     assert accuracy >= 0.80, f"smoke-scale test accuracy {accuracy:.3f} < 0.80"
+
+
+@pytest.mark.slow
+def test_saving_twice_in_the_same_second_keeps_both_old_models(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    folder = tmp_path / "key"
+    for round_ in range(3):
+        training.save_trained(model, folder, {"key": "key", "round": round_}, {"loss": [1.0]})
+    kept = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert len(kept) == 3 and "key" in kept                       # nothing lost
+    assert json.loads((folder / "meta.json").read_text())["round"] == 2
