@@ -9,6 +9,7 @@ One module per idea, grown chapter by chapter:
 * :mod:`helpers.training`  - paper 000's fine-tuning protocol and the model cache
 * :mod:`helpers.metrics`   - accuracy, confusion matrices, fooling and success rates
 * :mod:`helpers.plots`     - the figures of the chapters
+* :mod:`helpers.uap`       - universal adversarial perturbations (faithful and batched)
 * :mod:`helpers.records`   - the key numbers each chapter records
 """
 __version__ = "0.1.0"

@@ -1,0 +1,336 @@
+"""Universal adversarial perturbations (UAPs), non-targeted and targeted (paper 000).
+
+A UAP is one perturbation rho, added to every image, that changes most predictions
+(non-targeted) or sends most images to one class (targeted), under ||rho||_p <= xi. The
+algorithm of Hirano et al. (2021), as in ART's ``UniversalPerturbation`` with an FGSM
+attacker: start at rho = 0 and pass over the images in a random order; for an image not yet
+fooled at x + rho (targeted: not yet in the target class), take an FGSM step of strength eps
+on x + rho (kept in [0, 1]); if the step fools it (targeted: reaches the target), keep it:
+rho = x_adv - x, projected onto the L_p ball of radius xi. Stop after ``i_max`` passes or once
+the requested rate is reached.
+
+Two modes behind :func:`universal_perturbation`:
+
+* ``"faithful"``: image by image, exactly the loop above, one compiled TensorFlow loop per pass;
+* ``"batched"``: the same update for a minibatch of not-yet-fooled images at once, the accepted
+  steps of the batch summed before the projection - the fast mode for large sets and GPUs.
+
+Sizes: ``xi = zeta x`` the mean L_p norm of the attack images as stored (all channels).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .models import check_images, is_multilabel, predict_labels
+
+NORMS = {"2": 2, "l2": 2, 2: 2, "inf": np.inf, "linf": np.inf, np.inf: np.inf}
+
+
+def parse_norm(norm) -> float:
+    """2 or np.inf from 2, "2", "inf", np.inf."""
+    key = norm.lower() if isinstance(norm, str) else norm
+    if key not in NORMS:
+        raise ValueError(f"norm={norm!r}: choose 2 or np.inf ('2' or 'inf').")
+    return NORMS[key]
+
+
+def norm_name(norm) -> str:
+    return "2" if parse_norm(norm) == 2 else "inf"
+
+
+def lp_norms(images, norm) -> np.ndarray:
+    """L_p norm of every image (N,), over all pixels and channels."""
+    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    return np.abs(flat).max(axis=1) if parse_norm(norm) == np.inf else np.sqrt((flat ** 2).sum(axis=1))
+
+
+def xi_from_zeta(images, zeta: float, norm) -> float:
+    """xi = zeta x mean L_p norm of ``images`` (paper 000: zeta = 2-6 %)."""
+    if not np.isfinite(zeta) or zeta <= 0:
+        raise ValueError(f"zeta={zeta!r}: the UAP size is a positive fraction of the mean image norm, e.g. 0.04.")
+    return float(zeta * lp_norms(images, norm).mean())
+
+
+def project(perturbation: np.ndarray, xi: float, norm) -> np.ndarray:
+    """Projection onto the L_p ball of radius ``xi`` (scaling for p = 2, clipping for p = inf)."""
+    if parse_norm(norm) == np.inf:
+        return np.clip(perturbation, -xi, xi)
+    size = np.sqrt(np.sum(np.square(perturbation, dtype=np.float64)))
+    return perturbation * min(1.0, xi / size) if size > 0 else perturbation
+
+
+def random_perturbation(shape, xi: float, norm, seed: int = 0) -> np.ndarray:
+    """Random control of size ``xi``, shape (H, W, C).
+
+    p = 2: uniform on the L2 sphere of radius xi (a normalised Gaussian vector).
+    p = inf: each pixel +xi or -xi with equal probability (uniform on the vertices of the
+    L-inf sphere: the largest random perturbation the ball allows).
+    """
+    rng = np.random.default_rng(seed)
+    if parse_norm(norm) == np.inf:
+        return (xi * rng.choice([-1.0, 1.0], size=shape)).astype(np.float32)
+    vector = rng.normal(size=shape)
+    return (xi * vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def apply(images, perturbation) -> np.ndarray:
+    """Adversarial images: ``clip(images + perturbation, 0, 1)``."""
+    return np.clip(np.asarray(images, dtype=np.float32) + perturbation, 0.0, 1.0)
+
+
+@dataclass
+class UAPResult:
+    """A UAP and how it was made."""
+
+    perturbation: np.ndarray              # (H, W, C), in the stored image space
+    norm: str                             # "2" or "inf"
+    xi: float                             # radius of the L_p ball
+    eps: float                            # FGSM step strength
+    target: int | None                    # None for non-targeted
+    mode: str                             # "faithful" or "batched"
+    rates: list = field(default_factory=list)       # R_f (or R_s) on the attack images after each pass
+    eval_rates: list = field(default_factory=list)  # ... on the evaluation images, if given
+    passes: int = 0
+    seconds: float = 0.0
+    zeta: float | None = None
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    def describe(self) -> str:
+        kind = f"targeted (class {self.target})" if self.targeted else "non-targeted"
+        rate = "R_s" if self.targeted else "R_f"
+        last = f", {rate} on the attack images {self.rates[-1]:.1%}" if self.rates else ""
+        return (f"{kind} UAP, p = {self.norm}, xi = {self.xi:.4g}, eps = {self.eps:.4g}, {self.mode} mode, "
+                f"{self.passes} passes in {self.seconds:.1f} s{last}")
+
+
+# --------------------------------------------------------------------------- FGSM
+
+def _fgsm_direction(model, x, labels, n_classes: int, norm: float, targeted: bool):
+    """Unit FGSM step (N, H, W, C) on x: up the loss of ``labels`` (down if targeted)."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        probs = model(x, training=False)
+        loss = keras.losses.categorical_crossentropy(tf.one_hot(labels, n_classes), probs)
+    grad = tape.gradient(loss, x)
+    if targeted:
+        grad = -grad
+    if norm == np.inf:
+        return tf.sign(grad)
+    flat = tf.reshape(grad, (tf.shape(grad)[0], -1))
+    size = tf.maximum(tf.norm(flat, axis=1), 1e-12)
+    return grad / tf.reshape(size, (-1, 1, 1, 1))
+
+
+def _project_tf(rho, xi, norm: float):
+    if norm == np.inf:
+        return tf.clip_by_value(rho, -xi, xi)
+    size = tf.norm(tf.reshape(rho, (-1,)))
+    return rho * tf.minimum(1.0, xi / tf.maximum(size, 1e-12))
+
+
+def _make_step(model, n_classes: int, norm: float, targeted: bool, step_norm: float = np.inf):
+    """A compiled update of rho from a batch of images (the batched mode; batch 1 = faithful).
+
+    ``norm`` is the UAP's ball; ``step_norm`` the FGSM step's (ART's FGSM default: inf, a sign step).
+    """
+
+    @tf.function(reduce_retracing=True)
+    def step(rho, x, goal, eps, xi):
+        x_rho = tf.clip_by_value(x + rho, 0.0, 1.0)
+        current = tf.argmax(model(x_rho, training=False), axis=1, output_type=tf.int32)
+        active = tf.not_equal(current, goal) if targeted else tf.equal(current, goal)
+        direction = _fgsm_direction(model, x + rho, goal, n_classes, step_norm, targeted)
+        adv = tf.clip_by_value(x + rho + eps * direction, 0.0, 1.0)
+        new = tf.argmax(model(adv, training=False), axis=1, output_type=tf.int32)
+        success = tf.equal(new, goal) if targeted else tf.not_equal(new, current)
+        accept = tf.cast(tf.logical_and(active, success), rho.dtype)
+        increments = (adv - x - rho) * tf.reshape(accept, (-1, 1, 1, 1))
+        return _project_tf(rho + tf.reduce_sum(increments, axis=0), xi, norm), tf.reduce_sum(accept)
+
+    return step
+
+
+def _make_faithful_pass(step):
+    """One pass, image by image, as a single compiled TensorFlow loop around ``step``."""
+
+    @tf.function(reduce_retracing=True)
+    def one_pass(rho, images, goals, eps, xi):
+        for i in tf.range(tf.shape(images)[0]):
+            rho, _ = step(rho, images[i:i + 1], goals[i:i + 1], eps, xi)
+        return rho
+
+    return one_pass
+
+
+# --------------------------------------------------------------------------- the attack
+
+def _validate(model, images, target, eps, i_max, mode, batch_size):
+    if is_multilabel(model):
+        raise ValueError("universal_perturbation: the model is multi-label (sigmoid outputs); UAPs here attack "
+                         "single-label (softmax) classifiers.")
+    images = check_images(images, model)
+    if len(images) == 0:
+        raise ValueError("images is empty: give at least one image to build the UAP from.")
+    n_classes = int(model.output_shape[-1])
+    if target is not None and not (isinstance(target, (int, np.integer)) and 0 <= target < n_classes):
+        raise ValueError(f"target={target!r}: choose a class index in [0, {n_classes}), or None for non-targeted.")
+    if not eps > 0:
+        raise ValueError(f"eps={eps!r}: the FGSM step strength must be positive.")
+    if i_max < 1:
+        raise ValueError(f"i_max={i_max!r}: make at least one pass over the images.")
+    if mode not in ("faithful", "batched"):
+        raise ValueError(f"mode={mode!r}: choose 'faithful' or 'batched'.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be at least 1.")
+    return images, n_classes
+
+
+def _rate(model, images, perturbation, reference, target) -> float:
+    adversarial = predict_labels(model, apply(images, perturbation))
+    return float(np.mean(adversarial == target)) if target is not None else float(np.mean(adversarial != reference))
+
+
+def universal_perturbation(model, images, *, zeta: float | None = None, xi: float | None = None, norm=2,
+                           eps: float = 0.005, i_max: int = 15, target: int | None = None,
+                           mode: str = "batched", batch_size: int = 32, step_norm=np.inf,
+                           stop_at: float | None = None,
+                           init: np.ndarray | None = None, eval_images=None, seed: int = 0,
+                           progress: bool = True) -> UAPResult:
+    """Compute a UAP against a softmax ``model`` from ``images`` (N, H, W, C) in [0, 1].
+
+    Args:
+        zeta: size as a fraction of the mean L_p norm of ``images`` (or give ``xi`` directly).
+        norm: 2 or np.inf ("2"/"inf").
+        eps: FGSM step strength, in image units (pixel values in [0, 1]).
+        step_norm: the FGSM step's norm: inf (a sign step, ART's FGSM default, as in paper 000) or 2.
+        i_max: at most this many passes over the images (paper 000: 15).
+        target: the class to push images to; None for a non-targeted UAP.
+        mode: "faithful" (image by image) or "batched" (``batch_size`` images per update).
+        stop_at: stop once R_f (R_s) on ``images`` reaches this (ART: 1 - delta).
+        init: a perturbation to start from (warm start) instead of zero.
+        eval_images: other images on which R_f (R_s) is also recorded after each pass.
+        seed: the order of the passes.
+    Returns:
+        a :class:`UAPResult`; R_f compares with the model's clean predictions (paper 000).
+    """
+    images, n_classes = _validate(model, images, target, eps, i_max, mode, batch_size)
+    norm_value = parse_norm(norm)
+    if (zeta is None) == (xi is None):
+        raise ValueError("give exactly one of zeta (a fraction of the mean image norm) and xi (an absolute radius).")
+    xi = xi_from_zeta(images, zeta, norm) if zeta is not None else float(xi)
+    if not xi > 0:
+        raise ValueError(f"xi={xi!r}: the radius must be positive.")
+    clean = predict_labels(model, images)
+    goals = np.full(len(images), target, np.int32) if target is not None else clean.astype(np.int32)
+    eval_clean = None if eval_images is None else predict_labels(model, check_images(eval_images, model, "eval_images"))
+    rho = tf.Variable(np.zeros(images.shape[1:], np.float32) if init is None else
+                      project(np.asarray(init, np.float32), xi, norm_value), trainable=False)
+    result = UAPResult(np.zeros(images.shape[1:], np.float32), norm_name(norm), xi, float(eps), target, mode, zeta=zeta)
+    step = _make_step(model, n_classes, norm_value, target is not None, parse_norm(step_norm))
+    one_pass = _make_faithful_pass(step)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    from tqdm.auto import tqdm
+    bar = tqdm(range(i_max), desc=f"UAP ({mode}, p={norm_name(norm)})", unit="pass", disable=not progress)
+    for _ in bar:
+        order = rng.permutation(len(images))
+        x, g = tf.constant(images[order]), tf.constant(goals[order])
+        if mode == "faithful":
+            rho.assign(one_pass(rho, x, g, tf.constant(eps, tf.float32), tf.constant(xi, tf.float32)))
+        else:
+            for i in range(0, len(images), batch_size):
+                new, _ = step(rho, x[i:i + batch_size], g[i:i + batch_size], tf.constant(eps, tf.float32),
+                              tf.constant(xi, tf.float32))
+                rho.assign(new)
+        perturbation = rho.numpy()
+        result.rates.append(_rate(model, images, perturbation, clean, target))
+        if eval_images is not None:
+            result.eval_rates.append(_rate(model, eval_images, perturbation, eval_clean, target))
+        result.passes += 1
+        bar.set_postfix({"R_s" if target is not None else "R_f": f"{result.rates[-1]:.3f}"})
+        if stop_at is not None and result.rates[-1] >= stop_at:
+            break
+    bar.close()
+    result.perturbation = rho.numpy()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def evaluate(model, images, perturbation, target: int | None = None, labels=None) -> dict:
+    """R_f, R_s and its baseline R_s0 of ``perturbation`` on ``images``.
+
+    Returns a dict with ``fooling_rate``, clean and adversarial predictions, and, for a
+    target, ``success_rate`` (R_s) and ``success_baseline`` (R_s0, no perturbation).
+    ``labels`` (true classes) adds clean and adversarial accuracy.
+    """
+    images = check_images(images, model)
+    clean = predict_labels(model, images)
+    adversarial = predict_labels(model, apply(images, perturbation))
+    out = {"clean_pred": clean, "adv_pred": adversarial, "fooling_rate": float(np.mean(clean != adversarial))}
+    if target is not None:
+        out["success_rate"] = float(np.mean(adversarial == target))
+        out["success_baseline"] = float(np.mean(clean == target))
+    if labels is not None:
+        labels = np.asarray(labels)
+        out["clean_accuracy"] = float(np.mean(clean == labels))
+        out["adversarial_accuracy"] = float(np.mean(adversarial == labels))
+    return out
+
+
+# --------------------------------------------------------------------------- cache
+
+def uap_key(model_key: str, n_images: int, *, zeta, norm, eps, i_max, target, mode, seed, source: str = "train") -> str:
+    """Cache key of a UAP: the model's key plus every setting that changes the result."""
+    kind = "nt" if target is None else f"t{target}"
+    return (f"{model_key}--uap-{kind}-p{norm_name(norm)}-zeta{zeta:g}-eps{eps:g}-imax{i_max}-{mode}"
+            f"-{source}{n_images}-seed{seed}")
+
+
+def save_uap(result: UAPResult, path) -> None:
+    """Write a UAP (npz: perturbation + settings + per-pass rates); an existing file is kept."""
+    from pathlib import Path
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; a saved UAP is never overwritten (delete it to recompute).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part.npz")
+    np.savez(partial, perturbation=result.perturbation, norm=result.norm, xi=result.xi, eps=result.eps,
+             target=-1 if result.target is None else result.target, mode=result.mode,
+             rates=np.asarray(result.rates), eval_rates=np.asarray(result.eval_rates), passes=result.passes,
+             seconds=result.seconds, zeta=np.nan if result.zeta is None else result.zeta)
+    partial.replace(path)
+
+
+def load_uap(path) -> UAPResult:
+    """Read a UAP written by :func:`save_uap`."""
+    with np.load(path) as f:
+        target = int(f["target"])
+        zeta = float(f["zeta"])
+        return UAPResult(f["perturbation"], str(f["norm"]), float(f["xi"]), float(f["eps"]),
+                         None if target < 0 else target, str(f["mode"]), list(f["rates"]), list(f["eval_rates"]),
+                         int(f["passes"]), float(f["seconds"]), None if np.isnan(zeta) else zeta)
+
+
+def cached_uap(model, model_key: str, images, *, zeta: float, norm=2, eps: float = 0.005, i_max: int = 15,
+               target: int | None = None, mode: str = "batched", seed: int = 0, source: str = "train",
+               cache=None, **kwargs) -> UAPResult:
+    """:func:`universal_perturbation`, saved in the course cache and reloaded by later runs."""
+    from pathlib import Path
+    from .config import cache_dir
+    key = uap_key(model_key, len(images), zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target,
+                  mode=mode, seed=seed, source=source)
+    path = Path(cache or cache_dir("uaps")) / f"{key}.npz"
+    if path.exists():
+        return load_uap(path)
+    result = universal_perturbation(model, images, zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target,
+                                    mode=mode, seed=seed, **kwargs)
+    save_uap(result, path)
+    return result
