@@ -45,7 +45,7 @@ class Preset:
     # Attack budgets used by the later chapters.
     uap_images: int = 200                # images the UAP is generated from
     uap_i_max: int = 15                  # passes over them (paper 000: 15)
-    uap_eps: float = 0.005               # FGSM step strength in [0, 1] pixel units
+    uap_eps: float = 0.01                # FGSM step strength in [0, 1] pixel units
     zeta_grid: tuple[float, ...] = (0.01, 0.02, 0.04, 0.06)  # UAP size as a fraction of mean image norm
     eval_images: int = 300               # test images a UAP is evaluated on
     pixel_images_per_class: int = 10     # images attacked per class by the pixel attacks

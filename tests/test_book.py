@@ -1,4 +1,4 @@
-"""Chapter 1 executed at the smoke scale, its recorded numbers, and the rendered book."""
+"""Every chapter executed at the smoke scale, its recorded numbers, and the rendered book."""
 from __future__ import annotations
 
 import json
@@ -14,12 +14,13 @@ from helpers.records import check_against_reference, load_reference
 
 REPO = Path(__file__).resolve().parents[1]
 CHAPTER = "01_transfer_learning"
+CHAPTERS = toc_chapters()
 pytestmark = [pytest.mark.slow, pytest.mark.book]
 
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory, real_medmnist_dir):
-    """Execute chapter 1 at smoke into a temporary copy of the book and build the HTML.
+    """Execute every chapter at smoke into a temporary copy of the book and build the HTML.
 
     The chapter uses the real PneumoniaMNIST file when it is available, as `make book` does.
     """
@@ -30,12 +31,13 @@ def built_book(tmp_path_factory, real_medmnist_dir):
             patch.setenv(config.ENV_MEDMNIST_DIR, str(real_medmnist_dir))
         else:
             patch.delenv(config.ENV_MEDMNIST_DIR, raising=False)
-        return run("smoke", work / "book", chapters=[CHAPTER])
+        return run("smoke", work / "book", chapters=CHAPTERS)
 
 
-def test_chapter_numbers_match_the_reference(built_book):
-    results = json.loads(Path(built_book["results"][CHAPTER]).read_text())
-    failures = check_against_reference(results, load_reference(CHAPTER, "smoke"))
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_numbers_match_the_reference(built_book, chapter):
+    results = json.loads(Path(built_book["results"][chapter]).read_text())
+    failures = check_against_reference(results, load_reference(chapter, "smoke"))
     assert not failures, "\n".join(failures)
 
 
@@ -47,10 +49,14 @@ def test_real_pneumonia_model_reaches_80_percent(built_book, real_medmnist_dir):
     assert values["pneumonia/small_cnn/test_accuracy"] >= 0.80
 
 
-def test_executed_chapter_has_no_errors(built_book):
-    notebook = nbformat.read(built_book["notebooks"][CHAPTER], as_version=4)
-    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_executed_chapters_have_no_errors_and_show_figures(built_book, chapter):
+    notebook = nbformat.read(built_book["notebooks"][chapter], as_version=4)
+    outputs = [o for c in notebook.cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    page = (Path(built_book["book_dir"]) / "_build" / "html" / "chapters" / f"{chapter}.html").read_text()
+    assert len(re.findall(r'<img[^>]+src="[^"]*_images/[^"]+\.png"', page)) >= 3
+    assert "Summary" in page and "Exercises" in page
 
 
 def test_chapter_page_shows_table_figures_and_data_kind(built_book):
