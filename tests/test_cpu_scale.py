@@ -1,0 +1,57 @@
+"""The course's acceptance numbers at the `cpu` scale, on the real PneumoniaMNIST.
+
+Skipped on a machine without the real file. Trains the cpu-scale small CNN once (about a
+minute on two cores): it must reach 85 % test accuracy, a non-targeted UAP at zeta = 4 %
+(p = 2) must fool far more test images than random noise of the same norm, and UAPs targeted
+to each class must lift R_s well above its baseline.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+from helpers import data, models, scales, training, uap
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cpu_pneumonia(tmp_path_factory, real_medmnist_dir):
+    if real_medmnist_dir is None:
+        pytest.skip("the real PneumoniaMNIST file is not available")
+    preset = scales.get_preset("cpu")
+    cache = tmp_path_factory.mktemp("cpu-cache")
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        patch.setenv("COURSE_CACHE_DIR", str(cache))
+        warnings.filterwarnings("ignore", message=".*MD5.*")
+        splits = data.load_for_scale("pneumonia", preset, seed=0, root=real_medmnist_dir, source="real",
+                                     verbose=False)
+        trained = training.get_or_train(splits, "small_cnn", preset, seed=0, cache=cache / "models", verbose=False)
+    return preset, splits, trained.model
+
+
+def test_cpu_model_reaches_85_percent(cpu_pneumonia):
+    _, splits, model = cpu_pneumonia
+    accuracy = np.mean(models.predict_labels(model, splits["test"].images) == splits["test"].labels)
+    assert accuracy >= 0.85
+
+
+def test_cpu_uap_fools_far_more_than_random(cpu_pneumonia):
+    preset, splits, model = cpu_pneumonia
+    attack = splits["train"].images[:preset.uap_images]
+    result = uap.universal_perturbation(model, attack, zeta=0.04, norm=2, eps=preset.uap_eps,
+                                        i_max=preset.uap_i_max, progress=False)
+    test = splits["test"].images
+    fooled = uap.evaluate(model, test, result.perturbation)["fooling_rate"]
+    control = uap.evaluate(model, test, uap.random_perturbation(test.shape[1:], result.xi, 2))["fooling_rate"]
+    assert fooled >= 0.10 and fooled >= 5 * max(control, 0.01)
+
+
+@pytest.mark.parametrize("target", [0, 1])
+def test_cpu_targeted_uap_lifts_success_above_baseline(cpu_pneumonia, target):
+    preset, splits, model = cpu_pneumonia
+    attack = splits["train"].images[:preset.uap_images]
+    result = uap.universal_perturbation(model, attack, zeta=0.04, norm=2, eps=preset.uap_eps,
+                                        i_max=preset.uap_i_max, target=target, progress=False)
+    scores = uap.evaluate(model, splits["test"].images, result.perturbation, target=target)
+    assert scores["success_rate"] >= scores["success_baseline"] + 0.10
