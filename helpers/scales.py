@@ -48,6 +48,8 @@ class Preset:
     uap_eps: float = 0.01                # FGSM step strength in [0, 1] pixel units
     zeta_grid: tuple[float, ...] = (0.01, 0.02, 0.04, 0.06)  # UAP size as a fraction of mean image norm
     eval_images: int = 300               # test images a UAP is evaluated on
+    natural_images: int = 1000           # natural photos a UAP is made from (paper 001: 100,000, one pass)
+    natural_chunk: int = 250             # R_f is logged after every chunk of them (paper 001: 1,000)
     pixel_images_per_class: int = 10     # images attacked per class by the pixel attacks
     pixel_population: int = 100          # differential evolution population (paper 004: 100)
     pixel_generations: int = 100         # at most this many generations (paper 004: 100)
@@ -75,6 +77,7 @@ _PRESETS = {
         weights=None, offline_fallback=True, epochs=6,
         train_per_class=400, test_per_class=150, max_train=1600, max_test=600,
         uap_images=100, uap_i_max=3, zeta_grid=(0.02, 0.04, 0.08), eval_images=200,
+        natural_images=200, natural_chunk=50,
         pixel_images_per_class=4, pixel_population=40, pixel_generations=15,
         retrain_rounds=2, retrain_uaps=3, retrain_epochs=1,
         notes="CI: about a minute per chapter on two CPU cores; small CNN from scratch.",
@@ -84,6 +87,7 @@ _PRESETS = {
         weights="imagenet", offline_fallback=True, epochs=25, backbone_epochs=2, backbone_input=64,
         train_per_class=900, test_per_class=270, max_train=4000, max_test=1200,
         uap_images=500, uap_i_max=5, zeta_grid=(0.01, 0.02, 0.04, 0.06, 0.08), eval_images=500,
+        natural_images=1000, natural_chunk=250,
         pixel_images_per_class=20, pixel_population=100, pixel_generations=50,
         retrain_rounds=5, retrain_uaps=5, retrain_epochs=2,
         notes="A laptop: minutes per chapter.",
@@ -92,7 +96,7 @@ _PRESETS = {
         name="gpu", image_size=64, architectures=("inception_v3", "resnet50", "vgg16"),
         main_architecture="inception_v3", weights="imagenet", offline_fallback=False, epochs=10,
         backbone_input=128, train_per_class=1960, test_per_class=840, max_train=8000, max_test=3000,
-        uap_images=1000, uap_i_max=5, eval_images=1000,
+        uap_images=1000, uap_i_max=5, eval_images=1000, natural_images=10_000, natural_chunk=1000,
         pixel_images_per_class=50, pixel_population=100, pixel_generations=100,
         retrain_rounds=5, retrain_uaps=10, retrain_epochs=3,
         notes="Colab T4: at most ~15 minutes per chapter.",
@@ -102,7 +106,8 @@ _PRESETS = {
         weights="imagenet", offline_fallback=False, epochs=50, backbone_input=299,
         train_per_class=None, test_per_class=None, max_train=None, max_test=None,
         uap_images=10_000, uap_i_max=15, zeta_grid=(0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.10),
-        eval_images=10_000, pixel_images_per_class=100, pixel_population=100, pixel_generations=100,
+        eval_images=10_000, natural_images=100_000, natural_chunk=1000,
+        pixel_images_per_class=100, pixel_population=100, pixel_generations=100,
         retrain_rounds=5, retrain_uaps=10, retrain_epochs=5,
         notes="The papers' full protocol: hours on a GPU.",
     ),

@@ -20,6 +20,7 @@ Sizes: ``xi = zeta x`` the mean L_p norm of the attack images as stored (all cha
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import keras
@@ -170,6 +171,19 @@ def _make_faithful_pass(step):
     return one_pass
 
 
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled(model, n_classes: int, norm: float, targeted: bool, step_norm: float):
+    """The compiled batch step and faithful pass for this model and setting, traced once and reused."""
+    per_model = _COMPILED.setdefault(model, {})
+    key = (n_classes, norm, targeted, step_norm)
+    if key not in per_model:
+        step = _make_step(model, n_classes, norm, targeted, step_norm)
+        per_model[key] = (step, _make_faithful_pass(step))
+    return per_model[key]
+
+
 # --------------------------------------------------------------------------- the attack
 
 def _validate(model, images, target, eps, i_max, mode, batch_size):
@@ -231,11 +245,12 @@ def universal_perturbation(model, images, *, zeta: float | None = None, xi: floa
     clean = predict_labels(model, images)
     goals = np.full(len(images), target, np.int32) if target is not None else clean.astype(np.int32)
     eval_clean = None if eval_images is None else predict_labels(model, check_images(eval_images, model, "eval_images"))
+    if init is not None and np.shape(init) != images.shape[1:]:
+        raise ValueError(f"init has shape {np.shape(init)}; a perturbation of one image {images.shape[1:]} is needed.")
     rho = tf.Variable(np.zeros(images.shape[1:], np.float32) if init is None else
-                      project(np.asarray(init, np.float32), xi, norm_value), trainable=False)
+                      project(np.asarray(init, np.float32), xi, norm_value).astype(np.float32), trainable=False)
     result = UAPResult(np.zeros(images.shape[1:], np.float32), norm_name(norm), xi, float(eps), target, mode, zeta=zeta)
-    step = _make_step(model, n_classes, norm_value, target is not None, parse_norm(step_norm))
-    one_pass = _make_faithful_pass(step)
+    step, one_pass = _compiled(model, n_classes, norm_value, target is not None, parse_norm(step_norm))
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     from tqdm.auto import tqdm
@@ -321,8 +336,12 @@ def load_uap(path) -> UAPResult:
 
 def cached_uap(model, model_key: str, images, *, zeta: float, norm=2, eps: float = 0.005, i_max: int = 15,
                target: int | None = None, mode: str = "batched", seed: int = 0, source: str = "train",
-               cache=None, **kwargs) -> UAPResult:
-    """:func:`universal_perturbation`, saved in the course cache and reloaded by later runs."""
+               norm_images=None, cache=None, **kwargs) -> UAPResult:
+    """:func:`universal_perturbation`, saved in the course cache and reloaded by later runs.
+
+    ``norm_images``: the images whose mean L_p norm sets xi = zeta x mean norm (default: ``images``;
+    for UAPs made from natural images, the medical images, as in paper 001).
+    """
     from pathlib import Path
     from .config import cache_dir
     key = uap_key(model_key, len(images), zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target,
@@ -330,7 +349,12 @@ def cached_uap(model, model_key: str, images, *, zeta: float, norm=2, eps: float
     path = Path(cache or cache_dir("uaps")) / f"{key}.npz"
     if path.exists():
         return load_uap(path)
-    result = universal_perturbation(model, images, zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target,
-                                    mode=mode, seed=seed, **kwargs)
+    if norm_images is None:
+        size = {"zeta": zeta}
+    else:
+        size = {"xi": xi_from_zeta(norm_images, zeta, norm)}
+    result = universal_perturbation(model, images, norm=norm, eps=eps, i_max=i_max, target=target,
+                                    mode=mode, seed=seed, **size, **kwargs)
+    result.zeta = zeta
     save_uap(result, path)
     return result

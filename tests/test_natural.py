@@ -1,0 +1,91 @@
+"""Natural images for UAPs without medical data: loading, sampling, composition, chunked UAPs."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import natural
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8)).save(tmp_path / "sub" / "b.PNG")
+    Image.fromarray(np.full((20, 50, 4), 255, np.uint8)).save(tmp_path / "c.png")    # RGBA
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    return tmp_path
+
+
+def test_load_folder_resizes_converts_and_skips_unreadable_files(photo_folder):
+    rgb = natural.load_folder(photo_folder, 28, 3)
+    grey = natural.load_folder(photo_folder, 28, 1)
+    assert rgb.shape == (3, 28, 28, 3) and grey.shape == (3, 28, 28, 1)     # broken.jpg and notes.txt skipped
+    assert rgb.dtype == np.float32 and 0.0 <= rgb.min() and rgb.max() <= 1.0
+    white = [i for i, image in enumerate(grey) if image.min() == 1.0]
+    assert len(white) == 1                                                  # the all-white RGBA photo
+
+
+def test_load_folder_count_picks_a_seeded_subset(photo_folder):
+    first = natural.load_folder(photo_folder, 16, 1, count=2, seed=3)
+    again = natural.load_folder(photo_folder, 16, 1, count=2, seed=3)
+    assert first.shape == (2, 16, 16, 1) and np.array_equal(first, again)
+
+
+@pytest.mark.parametrize("kwargs, parameter", [({"size": 4}, "size"), ({"channels": 2}, "channels")])
+def test_bad_sizes_and_channels_are_rejected(photo_folder, kwargs, parameter):
+    args = {"size": 28, "channels": 3, **kwargs}
+    with pytest.raises(ValueError, match=parameter):
+        natural.load_folder(photo_folder, args["size"], args["channels"])
+
+
+def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="folder=.*not a folder"):
+        natural.load_folder(tmp_path / "nope", 28, 1)
+    with pytest.raises(ValueError, match="holds no images"):
+        natural.load_folder(tmp_path, 28, 1)
+
+
+def test_sample_photos_are_seeded_crops_of_open_photographs():
+    photos = natural.sample_photos(32, 3, count=12, seed=1)
+    assert photos.shape == (12, 32, 32, 3) and photos.std() > 0.05
+    assert np.array_equal(photos, natural.sample_photos(32, 3, count=12, seed=1))
+    assert not np.array_equal(photos, natural.sample_photos(32, 3, count=12, seed=2))
+
+
+def test_natural_images_prefers_the_folder_from_the_environment(photo_folder, monkeypatch):
+    monkeypatch.setenv(natural.ENV_NATURAL_DIR, str(photo_folder))
+    images, source = natural.natural_images(28, 1, count=10)
+    assert len(images) == 3 and str(photo_folder) in source
+    monkeypatch.delenv(natural.ENV_NATURAL_DIR)
+    images, source = natural.natural_images(28, 1, count=10)
+    assert len(images) == 10 and "scikit-image" in source
+
+
+def test_label_composition_gives_shares_per_class():
+    shares = natural.label_composition([0, 2, 2, 2], ["a", "b", "c"])
+    assert shares.to_dict() == {"a": 0.25, "b": 0.0, "c": 0.75}
+
+
+def test_iter_folder_yields_chunks(photo_folder):
+    chunks = list(natural.iter_folder(photo_folder, 16, 1, chunk=2))   # 4 image files, one unreadable
+    assert len(chunks) == 2 and sum(len(c) for c in chunks) == 3
+    assert all(c.shape[1:] == (16, 16, 1) for c in chunks)
+
+
+@pytest.mark.slow
+def test_uap_in_chunks_logs_one_rate_per_chunk_and_warm_starts(smoke_pneumonia_model):
+    from helpers import uap
+    splits, trained = smoke_pneumonia_model
+    photos = natural.sample_photos(28, 1, count=60, seed=0)
+    test = splits["test"].images[:100]
+    xi = uap.xi_from_zeta(splits["train"].images[:100], 0.08, 2)
+    result, log = natural.uap_in_chunks(trained.model, photos, xi=xi, eval_images=test, chunk=20, eps=0.01)
+    assert list(log["natural images used"]) == [20, 40, 60]
+    assert np.linalg.norm(result.perturbation) <= xi + 1e-4
+    control = uap.evaluate(trained.model, test, uap.random_perturbation(test.shape[1:], xi, 2))["fooling_rate"]
+    assert log["rate"].iloc[-1] == pytest.approx(uap.evaluate(trained.model, test, result.perturbation)["fooling_rate"])
+    assert log["rate"].iloc[-1] > control + 0.05          # natural photos make a real UAP
+    with pytest.raises(ValueError, match="chunk"):
+        natural.uap_in_chunks(trained.model, photos, xi=xi, eval_images=test, chunk=0)
