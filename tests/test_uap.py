@@ -1,0 +1,345 @@
+"""Universal adversarial perturbations: norms, projections, controls, bad inputs, and the attack itself.
+
+The behaviour tests use the smoke pneumonia model (real PneumoniaMNIST when available, else
+the synthetic stand-in). The model trained on the synthetic stand-in is more robust to small
+perturbations, so there the UAP is 8 % of the mean image norm instead of 4 %; the course's
+own claims at 4 % are checked on the real data only (``test_course_claims_on_real_pneumonia``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from helpers import uap
+from helpers.models import build_model
+
+EPS = 0.01        # FGSM step strength: at 100 images and 3 passes the UAP fills its ball
+I_MAX = 3
+N_IMAGES = 100    # training images the UAP is computed from
+
+
+def as_images(*vectors):
+    """Flat vectors -> a batch of (1, n, 1) 'images'."""
+    return np.array([np.asarray(v, dtype=np.float64).reshape(1, -1, 1) for v in vectors])
+
+
+# --------------------------------------------------------------------------- hand-computed
+
+def test_lp_norms_by_hand():
+    images = as_images([3.0, 4.0], [0.0, -2.0])
+    np.testing.assert_allclose(uap.lp_norms(images, 2), [5.0, 2.0])
+    np.testing.assert_allclose(uap.lp_norms(images, np.inf), [4.0, 2.0])
+    np.testing.assert_allclose(uap.lp_norms(images, "inf"), [4.0, 2.0])
+
+
+def test_xi_from_zeta_by_hand():
+    images = as_images([3.0, 4.0], [0.0, -2.0])
+    assert uap.xi_from_zeta(images, 0.1, 2) == pytest.approx(0.1 * (5.0 + 2.0) / 2)
+    assert uap.xi_from_zeta(images, 0.1, np.inf) == pytest.approx(0.1 * (4.0 + 2.0) / 2)
+
+
+def test_l2_projection_scales_onto_the_sphere_and_keeps_direction():
+    v = np.array([3.0, 4.0], np.float32).reshape(1, 2, 1)
+    projected = uap.project(v, 1.0, 2)
+    np.testing.assert_allclose(projected.ravel(), [0.6, 0.8], rtol=1e-6)
+    assert np.linalg.norm(projected) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_l2_projection_is_identity_inside_the_ball():
+    v = np.array([3.0, 4.0], np.float32).reshape(1, 2, 1)
+    np.testing.assert_array_equal(uap.project(v, 10.0, 2), v)
+    np.testing.assert_array_equal(uap.project(np.zeros_like(v), 1.0, 2), np.zeros_like(v))
+
+
+def test_linf_projection_clips_each_pixel():
+    v = np.array([-0.5, 2.0, -3.0, 0.25], np.float32).reshape(2, 2, 1)
+    np.testing.assert_array_equal(uap.project(v, 1.0, np.inf).ravel(), [-0.5, 1.0, -1.0, 0.25])
+
+
+def test_random_perturbation_l2_has_norm_xi_exactly():
+    rho = uap.random_perturbation((28, 28, 1), 0.7, 2, seed=3)
+    assert rho.shape == (28, 28, 1) and rho.dtype == np.float32
+    assert np.linalg.norm(rho.astype(np.float64)) == pytest.approx(0.7, rel=1e-5)
+
+
+def test_random_perturbation_linf_is_plus_or_minus_xi():
+    rho = uap.random_perturbation((28, 28, 3), 0.05, np.inf, seed=3)
+    np.testing.assert_allclose(np.abs(rho), 0.05, rtol=1e-6)
+    assert (rho > 0).any() and (rho < 0).any()
+
+
+@pytest.mark.parametrize("norm", [2, np.inf])
+def test_random_perturbation_seeded(norm):
+    a = uap.random_perturbation((8, 8, 1), 0.5, norm, seed=1)
+    np.testing.assert_array_equal(a, uap.random_perturbation((8, 8, 1), 0.5, norm, seed=1))
+    assert not np.array_equal(a, uap.random_perturbation((8, 8, 1), 0.5, norm, seed=2))
+
+
+def test_apply_clips_to_unit_interval():
+    images = np.array([0.2, 0.9, 0.5, 0.0], np.float32).reshape(1, 2, 2, 1)
+    rho = np.array([0.5, 0.3, -0.7, 0.1], np.float32).reshape(2, 2, 1)
+    out = uap.apply(images, rho)
+    np.testing.assert_allclose(out.ravel(), [0.7, 1.0, 0.0, 0.1], atol=1e-7)
+    assert out.dtype == np.float32
+
+
+def test_parse_norm_spellings():
+    assert uap.parse_norm("2") == uap.parse_norm("L2") == uap.parse_norm(2) == 2
+    assert uap.parse_norm("inf") == uap.parse_norm("Linf") == uap.parse_norm(np.inf) == np.inf
+    assert uap.norm_name(np.inf) == "inf" and uap.norm_name("l2") == "2"
+
+
+# --------------------------------------------------------------------------- bad input
+
+@pytest.fixture(scope="module")
+def untrained():
+    """An untrained small CNN: enough for the checks that run before any attack."""
+    return build_model("small_cnn", (28, 28, 1), 2, weights=None)
+
+
+@pytest.fixture(scope="module")
+def few_images():
+    return np.random.default_rng(0).uniform(0, 1, (4, 28, 28, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"zeta": 0.0}, "zeta"),
+    ({"zeta": -0.04}, "zeta"),
+    ({"zeta": float("nan")}, "zeta"),
+    ({"zeta": 0.04, "xi": 0.5}, "zeta"),
+    ({}, "zeta"),
+    ({"xi": 0.0}, "xi"),
+    ({"zeta": 0.04, "norm": 1}, "norm"),
+    ({"zeta": 0.04, "norm": "l7"}, "norm"),
+    ({"zeta": 0.04, "target": 2}, "target"),
+    ({"zeta": 0.04, "target": -1}, "target"),
+    ({"zeta": 0.04, "target": 1.0}, "target"),
+    ({"zeta": 0.04, "target": "1"}, "target"),
+    ({"zeta": 0.04, "eps": 0.0}, "eps"),
+    ({"zeta": 0.04, "eps": -0.01}, "eps"),
+    ({"zeta": 0.04, "eps": float("nan")}, "eps"),
+    ({"zeta": 0.04, "i_max": 0}, "i_max"),
+    ({"zeta": 0.04, "mode": "fast"}, "mode"),
+    ({"zeta": 0.04, "batch_size": 0}, "batch_size"),
+    ({"zeta": 0.04, "init": np.zeros((5, 5, 1), np.float32)}, "init"),
+])
+def test_bad_arguments_name_the_parameter(untrained, few_images, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        uap.universal_perturbation(untrained, few_images, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("images, word", [
+    (np.full((4, 28, 28, 1), 255.0, np.float32), r"\[0, 1\]"),
+    (np.full((4, 28, 28, 1), -0.1, np.float32), r"\[0, 1\]"),
+    (np.zeros((4, 32, 32, 1), np.float32), "shape"),
+    (np.zeros((4, 28, 28, 3), np.float32), "shape"),
+    (np.zeros((28, 28, 1), np.float32), "shape"),
+])
+def test_bad_images(untrained, images, word):
+    with pytest.raises(ValueError, match=f"images.*{word}"):
+        uap.universal_perturbation(untrained, images, zeta=0.04, progress=False)
+
+
+def test_empty_images(untrained):
+    with pytest.raises(ValueError, match="images is empty"):
+        uap.universal_perturbation(untrained, np.zeros((0, 28, 28, 1), np.float32), zeta=0.04, progress=False)
+
+
+def test_bad_eval_images(untrained, few_images):
+    with pytest.raises(ValueError, match="eval_images"):
+        uap.universal_perturbation(untrained, few_images, zeta=0.04, eval_images=few_images[..., 0],
+                                   progress=False)
+
+
+def test_multilabel_model_is_refused(few_images):
+    model = build_model("small_cnn", (28, 28, 1), 3, multilabel=True, weights=None)
+    with pytest.raises(ValueError, match="multi-label"):
+        uap.universal_perturbation(model, few_images, zeta=0.04, progress=False)
+
+
+def test_xi_from_zeta_refuses_bad_zeta(few_images):
+    for zeta in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="zeta"):
+            uap.xi_from_zeta(few_images, zeta, 2)
+
+
+def test_unknown_norm_everywhere(few_images):
+    for call in (lambda: uap.lp_norms(few_images, 1), lambda: uap.project(few_images[0], 1.0, "l1"),
+                 lambda: uap.random_perturbation((2, 2, 1), 1.0, 3)):
+        with pytest.raises(ValueError, match="norm"):
+            call()
+
+
+# --------------------------------------------------------------------------- the attack on a trained model
+
+@dataclass
+class Setting:
+    model: object
+    images: np.ndarray        # the UAP's training images
+    test: np.ndarray          # held-out test images
+    real: bool
+    zeta: float
+
+
+@pytest.fixture(scope="module")
+def setting(smoke_pneumonia_model):
+    splits, trained = smoke_pneumonia_model
+    real = not splits["train"].synthetic
+    return Setting(trained.model, splits["train"].images[:N_IMAGES], splits["test"].images, real,
+                   0.04 if real else 0.08)
+
+
+@pytest.fixture(scope="module")
+def non_targeted(setting):
+    """Non-targeted p = 2 UAP (batched mode), rates also recorded on the test images."""
+    return uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=2, eps=EPS,
+                                      i_max=I_MAX, seed=0, eval_images=setting.test, progress=False)
+
+
+@pytest.fixture(scope="module")
+def targeted(setting):
+    """Targeted p = 2 UAPs towards each class."""
+    return {target: uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=2, eps=EPS,
+                                               i_max=I_MAX, target=target, seed=0, progress=False)
+            for target in (0, 1)}
+
+
+def random_fooling_rate(setting, xi, norm=2, seeds=(0, 1, 2)) -> float:
+    return float(np.mean([uap.evaluate(setting.model, setting.test,
+                                       uap.random_perturbation(setting.images.shape[1:], xi, norm, seed=s))
+                          ["fooling_rate"] for s in seeds]))
+
+
+def check_non_targeted_claim(setting, result):
+    fooled = uap.evaluate(setting.model, setting.test, result.perturbation)["fooling_rate"]
+    control = random_fooling_rate(setting, result.xi)
+    assert fooled >= 0.10, f"R_f = {fooled:.3f} on the test images"
+    assert fooled >= 5 * control, f"R_f = {fooled:.3f} vs random control {control:.3f}"
+
+
+def check_targeted_claim(setting, results):
+    for target, result in results.items():
+        e = uap.evaluate(setting.model, setting.test, result.perturbation, target=target)
+        assert e["success_rate"] >= e["success_baseline"] + 0.08, (
+            f"class {target}: R_s = {e['success_rate']:.3f} vs baseline R_s0 = {e['success_baseline']:.3f}")
+
+
+@pytest.mark.slow
+def test_non_targeted_uap_fools_far_more_than_random(setting, non_targeted):
+    assert non_targeted.xi == pytest.approx(uap.xi_from_zeta(setting.images, setting.zeta, 2))
+    assert np.linalg.norm(non_targeted.perturbation.astype(np.float64)) <= non_targeted.xi + 1e-5
+    assert non_targeted.perturbation.shape == setting.images.shape[1:]
+    check_non_targeted_claim(setting, non_targeted)
+
+
+@pytest.mark.slow
+def test_targeted_uap_lifts_success_rate_for_each_class(setting, targeted):
+    for result in targeted.values():
+        assert np.linalg.norm(result.perturbation.astype(np.float64)) <= result.xi + 1e-5
+        assert result.targeted and result.passes == I_MAX
+    check_targeted_claim(setting, targeted)
+
+
+@pytest.mark.slow
+def test_course_claims_on_real_pneumonia(setting, non_targeted, targeted, real_medmnist_dir):
+    """The course's claims at smoke scale on the real data: a 4 % (p = 2) UAP fools far more
+    test images than random noise of the same norm, and a targeted UAP lifts R_s well above
+    its baseline for each class."""
+    if real_medmnist_dir is None or not setting.real:
+        pytest.skip("needs the real pneumoniamnist.npz (set MEDMNIST_DIR)")
+    assert setting.zeta == 0.04
+    check_non_targeted_claim(setting, non_targeted)
+    check_targeted_claim(setting, targeted)
+
+
+@pytest.mark.slow
+def test_same_seed_same_perturbation(setting, non_targeted):
+    again = uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=2, eps=EPS,
+                                       i_max=I_MAX, seed=0, progress=False)
+    np.testing.assert_array_equal(again.perturbation, non_targeted.perturbation)
+    assert again.rates == non_targeted.rates
+
+
+@pytest.mark.slow
+def test_faithful_and_batched_modes_agree(setting, non_targeted):
+    faithful = uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=2, eps=EPS,
+                                          i_max=I_MAX, seed=0, mode="faithful", progress=False)
+    assert faithful.mode == "faithful" and faithful.passes == I_MAX
+    assert np.linalg.norm(faithful.perturbation.astype(np.float64)) <= faithful.xi + 1e-5
+    rates = [uap.evaluate(setting.model, setting.test, r.perturbation)["fooling_rate"]
+             for r in (faithful, non_targeted)]
+    assert abs(rates[0] - rates[1]) <= 0.15, f"faithful R_f {rates[0]:.3f}, batched {rates[1]:.3f}"
+    assert rates[0] > 2 * random_fooling_rate(setting, faithful.xi)
+
+
+@pytest.mark.slow
+def test_linf_uap_stays_in_its_ball_and_beats_random(setting):
+    result = uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=np.inf, eps=EPS,
+                                        i_max=I_MAX, seed=0, progress=False)
+    assert result.norm == "inf"
+    assert np.abs(result.perturbation).max() <= result.xi + 1e-6
+    fooled = uap.evaluate(setting.model, setting.test, result.perturbation)["fooling_rate"]
+    assert fooled >= 0.10 and fooled >= 5 * random_fooling_rate(setting, result.xi, np.inf)
+
+
+@pytest.mark.slow
+def test_eval_images_give_one_rate_per_pass(setting, non_targeted):
+    assert non_targeted.passes == I_MAX
+    assert len(non_targeted.rates) == len(non_targeted.eval_rates) == I_MAX
+    assert all(0.0 <= rate <= 1.0 for rate in non_targeted.rates + non_targeted.eval_rates)
+    final = uap.evaluate(setting.model, setting.test, non_targeted.perturbation)["fooling_rate"]
+    assert non_targeted.eval_rates[-1] == pytest.approx(final)
+    final_train = uap.evaluate(setting.model, setting.images, non_targeted.perturbation)["fooling_rate"]
+    assert non_targeted.rates[-1] == pytest.approx(final_train)
+    assert "non-targeted" in non_targeted.describe() and "3 passes" in non_targeted.describe()
+
+
+@pytest.mark.slow
+def test_stop_at_stops_early(setting):
+    result = uap.universal_perturbation(setting.model, setting.images[:20], zeta=setting.zeta, eps=EPS,
+                                        i_max=5, stop_at=0.0, seed=0, progress=False)
+    assert result.passes == 1 and len(result.rates) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", [2, np.inf])
+def test_init_warm_start(setting, norm):
+    xi = uap.xi_from_zeta(setting.images, setting.zeta, norm)
+    init = uap.random_perturbation(setting.images.shape[1:], 3 * xi, norm, seed=5)   # outside the ball
+    result = uap.universal_perturbation(setting.model, setting.images[:20], xi=xi, norm=norm, eps=1e-7,
+                                        i_max=1, init=init, seed=0, mode="faithful", progress=False)
+    np.testing.assert_allclose(result.perturbation, uap.project(init, xi, norm), atol=1e-5)
+    assert uap.lp_norms(result.perturbation[None], norm)[0] == pytest.approx(xi, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_cached_uap_saves_reloads_and_never_overwrites(setting, tmp_path, monkeypatch):
+    cache = tmp_path / "uaps"
+    kwargs = dict(zeta=setting.zeta, norm=np.inf, eps=EPS, i_max=1, target=1, seed=0, cache=cache, progress=False)
+    first = uap.cached_uap(setting.model, "model-key", setting.images[:20], **kwargs)
+    files = list(cache.glob("*.npz"))
+    assert len(files) == 1 and files[0].name.startswith("model-key--uap-t1-pinf")
+
+    def no_recompute(*args, **kw):
+        raise AssertionError("the cached UAP was recomputed")
+
+    monkeypatch.setattr(uap, "universal_perturbation", no_recompute)
+    second = uap.cached_uap(setting.model, "model-key", setting.images[:20], **kwargs)
+    np.testing.assert_array_equal(second.perturbation, first.perturbation)
+    assert (second.norm, second.target, second.mode, second.passes) == ("inf", 1, "batched", 1)
+    assert second.xi == pytest.approx(first.xi) and second.zeta == pytest.approx(setting.zeta)
+    assert second.rates == pytest.approx(first.rates)
+    with pytest.raises(FileExistsError):
+        uap.save_uap(first, files[0])
+    np.testing.assert_array_equal(uap.load_uap(files[0]).perturbation, first.perturbation)
+
+
+def test_save_and_load_non_targeted_without_zeta(tmp_path):
+    result = uap.UAPResult(np.full((2, 2, 1), 0.1, np.float32), "2", 0.5, 0.01, None, "faithful",
+                           rates=[0.1, 0.2], passes=2)
+    uap.save_uap(result, tmp_path / "a.npz")
+    loaded = uap.load_uap(tmp_path / "a.npz")
+    assert loaded.target is None and loaded.zeta is None and not loaded.targeted
+    assert loaded.rates == pytest.approx([0.1, 0.2]) and loaded.eval_rates == []
