@@ -141,10 +141,13 @@ def _make_step(model, n_classes: int, norm: float, targeted: bool, step_norm: fl
     """A compiled update of rho from a batch of images (the batched mode; batch 1 = faithful).
 
     ``norm`` is the UAP's ball; ``step_norm`` the FGSM step's (ART's FGSM default: inf, a sign step).
+    The function refers to the model weakly, so caching it does not keep the model alive.
     """
+    owner = weakref.ref(model)
 
     @tf.function(reduce_retracing=True)
     def step(rho, x, goal, eps, xi):
+        model = owner()
         x_rho = tf.clip_by_value(x + rho, 0.0, 1.0)
         current = tf.argmax(model(x_rho, training=False), axis=1, output_type=tf.int32)
         active = tf.not_equal(current, goal) if targeted else tf.equal(current, goal)

@@ -343,3 +343,18 @@ def test_save_and_load_non_targeted_without_zeta(tmp_path):
     loaded = uap.load_uap(tmp_path / "a.npz")
     assert loaded.target is None and loaded.zeta is None and not loaded.targeted
     assert loaded.rates == pytest.approx([0.1, 0.2]) and loaded.eval_rates == []
+
+
+def test_compiled_steps_do_not_keep_a_model_alive():
+    """The cache of traced UAP steps refers to models weakly: a deleted model is freed."""
+    import gc
+    import weakref
+
+    model = build_model("small_cnn", (8, 8, 1), 2, weights=None, seed=0)
+    images = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 1)).astype(np.float32)
+    uap.universal_perturbation(model, images, zeta=0.1, i_max=1, progress=False)
+    uap.universal_perturbation(model, images, zeta=0.1, i_max=1, mode="faithful", progress=False)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
