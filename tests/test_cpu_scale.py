@@ -3,14 +3,17 @@
 Skipped on a machine without the real file. Trains the cpu-scale small CNN once (about a
 minute on two cores): it must reach 85 % test accuracy, a non-targeted UAP at zeta = 4 %
 (p = 2) must fool far more test images than random noise of the same norm, and UAPs targeted
-to each class must lift R_s well above its baseline.
+to each class must lift R_s well above its baseline; a UAP made from natural photos alone
+(paper 001: one pass, no medical image) must also fool far more test images than random noise.
 """
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import data, models, scales, training, uap
+from helpers import data, models, natural, scales, training, uap
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +58,25 @@ def test_cpu_targeted_uap_lifts_success_above_baseline(cpu_pneumonia, target):
                                         i_max=preset.uap_i_max, target=target, progress=False)
     scores = uap.evaluate(model, splits["test"].images, result.perturbation, target=target)
     assert scores["success_rate"] >= scores["success_baseline"] + 0.10
+
+
+def _natural_photo_folder():
+    """$NATURAL_IMAGES_DIR or ../shared's ImageNet samples when present; else None (scikit-image photos)."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "natural" / "imagenet-sample-images"
+    for folder in (os.environ.get(natural.ENV_NATURAL_DIR), shared):
+        if folder and Path(folder).is_dir():
+            return folder
+    return None
+
+
+def test_cpu_natural_image_uap_fools_far_more_than_random(cpu_pneumonia):
+    preset, splits, model = cpu_pneumonia
+    photos, _ = natural.natural_images(28, 1, count=preset.natural_images, folder=_natural_photo_folder())
+    test = splits["test"].images
+    xi = uap.xi_from_zeta(splits["train"].images, 0.04, 2)     # the size of a training-image UAP at 4 %
+    result, log = natural.uap_in_chunks(model, photos, xi=xi, eval_images=test, chunk=preset.natural_chunk,
+                                        eps=preset.uap_eps)
+    fooled = uap.evaluate(model, test, result.perturbation)["fooling_rate"]
+    control = uap.evaluate(model, test, uap.random_perturbation(test.shape[1:], xi, 2))["fooling_rate"]
+    assert len(log) == -(-len(photos) // preset.natural_chunk)
+    assert fooled >= 0.10 and fooled >= 5 * max(control, 0.01)
