@@ -240,6 +240,40 @@ def _show_image(ax: Axes, image: np.ndarray, cmap_grey: str) -> None:
         ax.imshow(image)
 
 
+def pixel_examples(clean, adversarial, pixels, before: Sequence[str], after: Sequence[str], suptitle: str,
+                   cmap_grey: str = "gray") -> Figure:
+    """Pixel-attack examples: clean images (top row) and adversarial ones (bottom), changed pixels circled.
+
+    ``clean``, ``adversarial``: (N, H, W, C) in [0, 1]; ``pixels``: (N, k, 2 + C) changed pixels,
+    x (column) and y (row) first; ``before`` / ``after``: the clean and adversarial predictions,
+    one string each, written in black above and in red below the adversarial image (paper 004).
+    """
+    clean, adversarial = _check_images(clean), _check_images(adversarial)
+    pixels = np.asarray(pixels)
+    n = len(clean)
+    if adversarial.shape != clean.shape or pixels.ndim != 3 or len(pixels) != n:
+        raise ValueError(f"clean {clean.shape}, adversarial {adversarial.shape} and pixels {pixels.shape} must "
+                         f"describe the same N images: (N, H, W, C), (N, H, W, C), (N, k, 2 + C).")
+    if len(before) != n or len(after) != n:
+        raise ValueError(f"before and after need one text per image ({n}); got {len(before)} and {len(after)}.")
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 5.0), layout="constrained", squeeze=False)
+    radius = max(1.0, clean.shape[1] / 14)
+    for i in range(n):
+        top, bottom = axes[0, i], axes[1, i]
+        for ax, image in ((top, clean[i]), (bottom, adversarial[i])):
+            _show_image(ax, image, cmap_grey)
+            ax.set_xticks([]), ax.set_yticks([])
+        top.set_title(f"image {i + 1}", fontsize="small")
+        for x, y in pixels[i][:, :2]:
+            bottom.add_patch(plt.Circle((x, y), radius, color="red", fill=False, linewidth=1.5))
+        bottom.set_title(str(before[i]), fontsize="small", fontweight="bold")
+        bottom.set_xlabel(str(after[i]), fontsize="small", fontweight="bold", color="red")
+    axes[0, 0].set_ylabel("clean")
+    axes[1, 0].set_ylabel("attacked")
+    fig.suptitle(suptitle)
+    return fig
+
+
 # --------------------------------------------------------------------------- class balance
 
 def _balance_frame(counts: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:

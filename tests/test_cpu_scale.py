@@ -4,7 +4,9 @@ Skipped on a machine without the real file. Trains the cpu-scale small CNN once 
 minute on two cores): it must reach 85 % test accuracy, a non-targeted UAP at zeta = 4 %
 (p = 2) must fool far more test images than random noise of the same norm, and UAPs targeted
 to each class must lift R_s well above its baseline; a UAP made from natural photos alone
-(paper 001: one pass, no medical image) must also fool far more test images than random noise.
+(paper 001: one pass, no medical image) must also fool far more test images than random noise;
+differential evolution must find 1- and 3-pixel adversarial images, more (or as many) with 3
+pixels, and far more than the same number of random 3-pixel candidates without the evolution.
 """
 import os
 import warnings
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import data, models, natural, scales, training, uap
+from helpers import data, models, natural, pixel, scales, training, uap
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +82,16 @@ def test_cpu_natural_image_uap_fools_far_more_than_random(cpu_pneumonia):
     control = uap.evaluate(model, test, uap.random_perturbation(test.shape[1:], xi, 2))["fooling_rate"]
     assert len(log) == -(-len(photos) // preset.natural_chunk)
     assert fooled >= 0.10 and fooled >= 5 * max(control, 0.01)
+
+
+def test_cpu_pixel_attack_finds_adversarial_pixels_random_pixels_rarely(cpu_pneumonia):
+    preset, splits, model = cpu_pneumonia
+    chosen = pixel.images_per_class(model, splits["test"], preset.pixel_images_per_class, seed=0)
+    images = splits["test"].images[np.concatenate(list(chosen.values()))]
+    settings = dict(population=preset.pixel_population, generations=preset.pixel_generations, seed=0, progress=False)
+    one = pixel.pixel_attack(model, images, pixels=1, **settings)
+    three = pixel.pixel_attack(model, images, pixels=3, **settings)
+    control = pixel.random_pixels(model, images, pixels=3, tries=preset.pixel_population, seed=0)
+    assert one.success.sum() >= 1
+    assert three.success.sum() >= max(3, one.success.sum())
+    assert control.success.sum() <= three.success.sum() / 2

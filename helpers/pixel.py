@@ -1,0 +1,766 @@
+"""One- and few-pixel attacks by differential evolution (paper 004: Tsai et al. 2023, after Su et al. 2019).
+
+A candidate changes k = 1, 2 or 3 pixels (the paper's maximum is 3). Each pixel is
+``(x, y, I)`` for a greyscale image or ``(x, y, R, G, B)`` for a colour one: x (column) in
+[0, W) and y (row) in [0, H) are continuous and floored when the pixel is applied; the
+values are in [0, 1], the stored image range. A candidate is an array (k, 2 + C).
+
+Differential evolution as in the paper: population 100, mutation
+``child_i = parent_r1 + F (parent_r2 - parent_r3)`` with F = 0.5 and r1, r2, r3 distinct and
+different from i (drawn afresh for every child and generation), no crossover, children clipped
+to the bounds, pairwise selection (a child replaces its parent only if strictly fitter), at
+most 100 generations, and an early stop per image once ``early_stop`` (1 %) of its population
+is successful (or of the children of a generation: "of the adversarial images generated in that
+iteration"; a successful child that loses its pairwise selection is kept as the result). Every
+generation builds the candidate images of all images still running with
+NumPy fancy indexing and evaluates them in one batched model call (split into chunks of
+``batch_size`` images to bound memory).
+
+Fitness (higher is fitter internally):
+
+* single-label (softmax): untargeted - minimise the confidence of the clean predicted class;
+  targeted - maximise the target class's confidence. Success: argmax != original class
+  (untargeted), argmax == target (targeted).
+* multi-label (sigmoid): labels and outputs mapped from [0, 1] to [-1, 1], cosine similarity
+  ``l . c / max(||l|| ||c||, delta)``, delta = 1e-5 (equations 3-4); untargeted minimises the
+  similarity to the clean predicted label set, targeted maximises the similarity to the target
+  set. A finding is present when its output is > gamma = 0.5. Success: the predicted set differs
+  from the clean one (untargeted) or equals the target set (targeted).
+
+The second half of the module holds the paper's tables (pure NumPy/pandas): success rate per
+class (Tables 6, 15), class transformations (Table 7) and their ratio T_adv (equations 6-7,
+Table 8), disease/normal conversions (Table 9), AvgCL (equation 8), the resulting label sets
+of a multi-label attack (Table 16) and the findings they contain (Figure 10).
+"""
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .models import check_images, is_multilabel
+
+MAX_PIXELS = 3          # the paper attacks with 1, 2 and 3 pixels
+DELTA = 1e-5            # equations 3-4: keeps the cosine similarity's denominator positive
+GAMMA = 0.5             # a finding is present when its sigmoid output is > GAMMA
+NORMAL = "Normal"       # name of the empty label set (no finding)
+
+__all__ = [
+    "PixelAttackResult", "pixel_attack", "random_pixels",
+    "pixel_bounds", "random_population", "apply_pixels", "draw_donors", "mutate", "select",
+    "cosine_similarity", "fitness", "is_success",
+    "success_rate_table", "transformation_table", "transform_ratio", "conversion_table", "avg_cl",
+    "label_set_names", "label_set_table", "finding_counts", "findings_per_image", "report",
+    "images_per_class", "frequent_label_sets", "images_per_label_set", "prediction_text",
+    "attack_key", "save_result", "load_result", "cached_attack",
+]
+
+
+# --------------------------------------------------------------------------- candidates
+
+def pixel_bounds(shape, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds (k, 2 + C) of a candidate for images of ``shape`` (H, W, C).
+
+    x in [0, W), y in [0, H) (the upper bound is the largest float below W, resp. H); values in [0, 1].
+    """
+    height, width, channels = shape
+    lower = np.zeros((pixels, 2 + channels))
+    upper = np.ones((pixels, 2 + channels))
+    upper[:, 0] = np.nextafter(float(width), 0.0)
+    upper[:, 1] = np.nextafter(float(height), 0.0)
+    return lower, upper
+
+
+def random_population(rng: np.random.Generator, n_images: int, population: int, shape,
+                      pixels: int) -> np.ndarray:
+    """Uniformly random candidates (n_images, population, k, 2 + C) within :func:`pixel_bounds`."""
+    lower, upper = pixel_bounds(shape, pixels)
+    draw = rng.random((n_images, population, *lower.shape))
+    return lower + draw * (upper - lower)
+
+
+def apply_pixels(images, pixels) -> np.ndarray:
+    """Images with the candidates' pixels set.
+
+    Args:
+        images: (A, H, W, C).
+        pixels: (A, ..., k, 2 + C), rows ``(x, y, value_1, ..., value_C)``; x and y are floored
+            (and kept inside the image).
+    Returns:
+        (A, ..., H, W, C): one copy of image a for every candidate of a. When two of a
+        candidate's pixels share a position, the later one is kept.
+    """
+    images = np.asarray(images)
+    pixels = np.asarray(pixels, dtype=np.float64)
+    n, height, width, channels = images.shape
+    if pixels.ndim < 3 or pixels.shape[0] != n or pixels.shape[-1] != 2 + channels:
+        raise ValueError(f"pixels has shape {pixels.shape}; expected ({n}, ..., k, {2 + channels}) "
+                         f"for images of shape {images.shape}.")
+    extra, k = pixels.shape[1:-2], pixels.shape[-2]
+    flat = pixels.reshape(n, -1, k, 2 + channels)                          # (A, E, k, 2 + C)
+    out = np.repeat(images[:, None], flat.shape[1], axis=1)                # (A, E, H, W, C)
+    cols = np.clip(np.floor(flat[..., 0]).astype(np.intp), 0, width - 1)   # (A, E, k)
+    rows = np.clip(np.floor(flat[..., 1]).astype(np.intp), 0, height - 1)
+    a = np.arange(n)[:, None, None]
+    e = np.arange(flat.shape[1])[None, :, None]
+    out[a, e, rows, cols] = flat[..., 2:]                                  # (A, E, k, C) values
+    return out.reshape(n, *extra, height, width, channels)
+
+
+# --------------------------------------------------------------------------- differential evolution
+
+def draw_donors(rng: np.random.Generator, n_images: int, population: int) -> np.ndarray:
+    """Indices (3, n_images, population): r1, r2, r3 distinct and != i for every child i.
+
+    Three distinct draws among the population - 1 others, by the "skip the taken ones" trick
+    (uniform, no rejection loop), then shifted past i.
+    """
+    shape = (n_images, population)
+    r1 = rng.integers(0, population - 1, shape)
+    r2 = rng.integers(0, population - 2, shape)
+    r3 = rng.integers(0, population - 3, shape)
+    r2 = r2 + (r2 >= r1)
+    low, high = np.minimum(r1, r2), np.maximum(r1, r2)
+    r3 = r3 + (r3 >= low)
+    r3 = r3 + (r3 >= high)
+    i = np.arange(population)
+    return np.stack([r + (r >= i) for r in (r1, r2, r3)])
+
+
+def mutate(population, F: float, donors, lower, upper) -> np.ndarray:
+    """Children ``clip(pop[r1] + F (pop[r2] - pop[r3]), lower, upper)``; no crossover.
+
+    population: (A, P, k, 2 + C); donors: (3, A, P) from :func:`draw_donors`; lower, upper: (k, 2 + C).
+    """
+    a = np.arange(population.shape[0])[:, None]
+    r1, r2, r3 = (population[a, r] for r in donors)
+    return np.clip(r1 + F * (r2 - r3), lower, upper)
+
+
+def select(parents, parent_scores, children, child_scores):
+    """Pairwise selection: a child replaces its parent only if its score is strictly higher.
+
+    parents, children: (A, P, ...); scores: (A, P), higher is fitter.
+    Returns (survivors, survivor_scores, replaced (A, P) bool).
+    """
+    replaced = np.asarray(child_scores) > np.asarray(parent_scores)
+    mask = replaced.reshape(replaced.shape + (1,) * (np.ndim(parents) - replaced.ndim))
+    return np.where(mask, children, parents), np.where(replaced, child_scores, parent_scores), replaced
+
+
+# --------------------------------------------------------------------------- fitness
+
+def cosine_similarity(labels, confidences, delta: float = DELTA) -> np.ndarray:
+    """Equations 3-4 on [-1, 1]-mapped 0/1 labels and sigmoid outputs; reduces the last axis.
+
+    ``(2l - 1) . (2c - 1) / max(||2l - 1|| ||2c - 1||, delta)``; labels and confidences broadcast.
+    """
+    signed_labels = 2.0 * np.asarray(labels, dtype=np.float64) - 1.0
+    signed_conf = 2.0 * np.asarray(confidences, dtype=np.float64) - 1.0
+    dot = np.sum(signed_labels * signed_conf, axis=-1)
+    norms = np.linalg.norm(signed_labels, axis=-1) * np.linalg.norm(signed_conf, axis=-1)
+    return dot / np.maximum(norms, delta)
+
+
+def fitness(outputs, reference, *, targeted: bool, multilabel: bool) -> np.ndarray:
+    """Scores to maximise, shape outputs.shape[:-1].
+
+    outputs: (A, ..., K) model outputs; reference: (A,) classes or (A, L) label sets - the clean
+    prediction (untargeted) or the target (targeted). Single-label: -p[original] or p[target];
+    multi-label: -/+ :func:`cosine_similarity`.
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
+    reference = np.asarray(reference)
+    extra = (1,) * (outputs.ndim - 2)
+    if multilabel:
+        score = cosine_similarity(reference.reshape(reference.shape[0], *extra, -1), outputs)
+    else:
+        index = reference.reshape(-1, *extra, 1).astype(np.intp)
+        score = np.take_along_axis(outputs, np.broadcast_to(index, outputs.shape[:-1] + (1,)), axis=-1)[..., 0]
+    return score if targeted else -score
+
+
+def is_success(outputs, reference, *, targeted: bool, multilabel: bool) -> np.ndarray:
+    """Success (A, ...) bool of outputs (A, ..., K) against the reference of :func:`fitness`."""
+    outputs = np.asarray(outputs)
+    reference = np.asarray(reference)
+    extra = (1,) * (outputs.ndim - 2)
+    if multilabel:
+        same = np.all((outputs > GAMMA) == reference.reshape(reference.shape[0], *extra, -1).astype(bool), axis=-1)
+    else:
+        same = outputs.argmax(axis=-1) == reference.reshape(-1, *extra)
+    return same if targeted else ~same
+
+
+# --------------------------------------------------------------------------- the attack
+
+@dataclass
+class PixelAttackResult:
+    """What a pixel attack produced, per attacked image (N images, K outputs, k pixels, C channels)."""
+
+    adversarial: np.ndarray          # (N, H, W, C) float32 in [0, 1]
+    success: np.ndarray              # (N,) bool
+    original: np.ndarray             # clean prediction: (N,) class, or (N, L) 0/1 set (multi-label)
+    final: np.ndarray                # prediction on the adversarial image, same shape
+    original_confidence: np.ndarray  # (N,) clean p[original]; multi-label: cosine similarity (eq. 3) of set and outputs
+    final_confidence: np.ndarray     # (N,) adversarial p[final]; multi-label: the same for the final set
+    original_proba: np.ndarray       # (N, K) clean model outputs
+    final_proba: np.ndarray          # (N, K) adversarial model outputs
+    pixels: np.ndarray               # (N, k, 2 + C) changed pixels: integer x (column), y (row), then values
+    generations: np.ndarray          # (N,) DE generations run (0: the initial population succeeded)
+    queries: np.ndarray              # (N,) candidate images evaluated by the model
+    seconds: float                   # wall-clock time of the whole attack
+    target: np.ndarray | None = None  # (N,) classes or (N, L) sets; None if untargeted
+    multilabel: bool = False
+    method: str = "differential evolution"
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.success)) if len(self.success) else float("nan")
+
+    @property
+    def n_pixels(self) -> int:
+        return int(self.pixels.shape[1])
+
+    def describe(self) -> str:
+        kind = "targeted" if self.targeted else "untargeted"
+        return (f"{self.n_pixels}-pixel {kind} attack ({self.method}): {int(self.success.sum())}/"
+                f"{len(self.success)} images fooled ({self.success_rate:.0%}), "
+                f"{self.queries.mean():.0f} model queries per image, {self.seconds:.1f} s")
+
+
+def pixel_attack(model, images, *, pixels: int = 1, target=None, population: int = 100,
+                 generations: int = 100, F: float = 0.5, early_stop: float | None = 0.01, seed: int = 0,
+                 batch_size: int = 4096, progress: bool = True) -> PixelAttackResult:
+    """The k-pixel attack of paper 004 by differential evolution, on all ``images`` at once.
+
+    Args:
+        model: a Keras classifier on images in [0, 1]: softmax (single-label) or sigmoid (multi-label).
+        images: (N, H, W, C) floats in [0, 1], the model's input shape.
+        pixels: k, pixels changed per image: 1, 2 or 3.
+        target: None (untargeted); single-label: a class or (N,) classes; multi-label: a 0/1
+            label set (L,) or (N, L). An image already predicted as its target counts as a
+            success at generation 0 (the paper attacks images of the other classes only).
+        population: candidates per image (at least 4: each child needs three other parents).
+        generations: at most this many DE generations after the initial population.
+        F: mutation factor, in (0, 2].
+        early_stop: an image stops once at least this fraction of its population, or of the
+            children of a generation, succeeds (at least one); None: always run all generations.
+        seed: seeds the NumPy generator (initial population and donors).
+        batch_size: candidate images per model call.
+        progress: show a progress bar over the generations.
+    """
+    _check_pixels(pixels)
+    _check_count("population", population, 4, "differential evolution needs at least 4 candidates (every "
+                 "child combines three others; the paper uses 100).")
+    _check_count("generations", generations, 0, "give a number of generations >= 0 (the paper: 100).")
+    if not (isinstance(F, (int, float, np.floating)) and 0 < F <= 2):
+        raise ValueError(f"F={F!r}: the mutation factor must be in (0, 2] (the paper: 0.5).")
+    if early_stop is not None and not (isinstance(early_stop, (int, float, np.floating)) and 0 <= early_stop <= 1):
+        raise ValueError(f"early_stop={early_stop!r}: give a fraction in [0, 1] of the population, or None.")
+    return _run(model, images, pixels, target, population, generations, F, early_stop, seed, batch_size,
+                progress, method="differential evolution")
+
+
+def random_pixels(model, images, *, pixels: int = 1, target=None, tries: int = 1, seed: int = 0,
+                  batch_size: int = 4096) -> PixelAttackResult:
+    """The random control: k random pixels set to random values in [0, 1], no search.
+
+    ``tries`` random candidates per image (default 1); the fittest one is kept (a successful one
+    first). Success is judged as in :func:`pixel_attack`. Arguments as there.
+    """
+    _check_pixels(pixels)
+    _check_count("tries", tries, 1, "give at least 1 random candidate per image.")
+    return _run(model, images, pixels, target, tries, 0, 0.5, None, seed, batch_size, False,
+                method="random pixels")
+
+
+def _run(model, images, pixels, target, population, generations, F, early_stop, seed, batch_size,
+         progress, method) -> PixelAttackResult:
+    start = time.perf_counter()
+    multilabel = is_multilabel(model)
+    images = check_images(images, model)
+    if len(images) == 0:
+        raise ValueError("images is empty: give at least one image to attack.")
+    _check_count("batch_size", batch_size, 1, "give a positive number of images per model call.")
+    target = _check_target(target, multilabel, len(images), int(model.output_shape[-1]))
+    clean = _predict(model, images, batch_size)
+    original = (clean > GAMMA).astype(np.uint8) if multilabel else clean.argmax(axis=1)
+    reference = original if target is None else target
+    best_pixels, gens = _evolve(model, images, pixels, reference, target is not None, multilabel, population,
+                                generations, F, early_stop, seed, batch_size, progress)
+    adversarial = apply_pixels(images, best_pixels[:, None])[:, 0]
+    final_proba = _predict(model, adversarial, batch_size)
+    final = (final_proba > GAMMA).astype(np.uint8) if multilabel else final_proba.argmax(axis=1)
+    success = is_success(final_proba, reference, targeted=target is not None, multilabel=multilabel)
+    applied = best_pixels.copy()
+    applied[..., 0] = np.clip(np.floor(applied[..., 0]), 0, images.shape[2] - 1)
+    applied[..., 1] = np.clip(np.floor(applied[..., 1]), 0, images.shape[1] - 1)
+    return PixelAttackResult(
+        adversarial=adversarial, success=success, original=original, final=final,
+        original_confidence=_confidence(clean, original, multilabel),
+        final_confidence=_confidence(final_proba, final, multilabel),
+        original_proba=clean, final_proba=final_proba, pixels=applied, generations=gens,
+        queries=population * (1 + gens), seconds=time.perf_counter() - start, target=target,
+        multilabel=multilabel, method=method)
+
+
+def _evolve(model, images, pixels, reference, targeted, multilabel, population, generations, F,
+            early_stop, seed, batch_size, progress):
+    """The DE loop; returns the chosen candidate per image (N, k, 2 + C) and generations run (N,)."""
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    lower, upper = pixel_bounds(images.shape[1:], pixels)
+    pop = random_population(rng, n, population, images.shape[1:], pixels)
+    scores, wins = _evaluate(model, images, pop, reference, targeted, multilabel, batch_size)
+    done = _stopped(wins, early_stop)
+    gens = np.zeros(n, dtype=np.int64)
+    rescued = np.zeros(n, dtype=bool)    # stopped by a successful child that lost its selection
+    rescued_pixels = pop[:, 0].copy()    # ... that child, (N, k, 2 + C)
+    with tqdm(total=generations, desc=f"{pixels}-pixel attack", disable=not progress, leave=False) as bar:
+        for _ in range(generations):
+            active = np.flatnonzero(~done)
+            if active.size == 0:
+                break
+            children = mutate(pop[active], F, draw_donors(rng, active.size, population), lower, upper)
+            child_scores, child_wins = _evaluate(model, images[active], children, reference[active],
+                                                 targeted, multilabel, batch_size)
+            pop[active], scores[active], replaced = select(pop[active], scores[active], children, child_scores)
+            wins[active] = np.where(replaced, child_wins, wins[active])
+            gens[active] += 1
+            by_population, by_children = _stopped(wins[active], early_stop), _stopped(child_wins, early_stop)
+            lost = np.flatnonzero(by_children & ~by_population)
+            fittest = np.where(child_wins[lost], child_scores[lost], -np.inf).argmax(axis=1)
+            rescued[active[lost]] = True
+            rescued_pixels[active[lost]] = children[lost, fittest]
+            done[active] = by_population | by_children
+            bar.update(1)
+            bar.set_postfix(running=int((~done).sum()), fooled=int(done.sum()))
+    # the fittest successful candidate, else the fittest one
+    best = np.where(wins.any(axis=1), np.where(wins, scores, -np.inf).argmax(axis=1), scores.argmax(axis=1))
+    chosen = np.where(rescued[:, None, None], rescued_pixels, pop[np.arange(n), best])
+    return chosen, gens
+
+
+def _evaluate(model, images, population, reference, targeted, multilabel, batch_size):
+    """Scores and successes (A, P) of the candidates (A, P, k, 2 + C): one chunked model call."""
+    n, size = population.shape[:2]
+    flat = population.reshape(n * size, *population.shape[2:])
+    owner = np.repeat(np.arange(n), size)
+    outputs = []
+    for start in range(0, n * size, batch_size):
+        part = slice(start, start + batch_size)
+        batch = apply_pixels(images[owner[part]], flat[part][:, None])[:, 0]
+        outputs.append(_forward(model)(batch))
+    outputs = np.concatenate(outputs).reshape(n, size, -1)
+    return (fitness(outputs, reference, targeted=targeted, multilabel=multilabel),
+            is_success(outputs, reference, targeted=targeted, multilabel=multilabel))
+
+
+def _stopped(wins, early_stop) -> np.ndarray:
+    """(A,) True where at least ``early_stop`` of the candidates (A, P) (and at least one) succeed."""
+    if early_stop is None:
+        return np.zeros(len(wins), dtype=bool)
+    needed = max(1, math.ceil(early_stop * wins.shape[1] - 1e-9))
+    return wins.sum(axis=1) >= needed
+
+
+_FORWARD = weakref.WeakKeyDictionary()
+
+
+def _forward(model):
+    """The model's inference pass as a compiled function (traced once per model): images -> NumPy outputs."""
+    if model not in _FORWARD:
+        import tensorflow as tf
+
+        owner = weakref.ref(model)    # no strong reference: the cache must not keep the model alive
+        compiled = tf.function(lambda x: owner()(x, training=False), reduce_retracing=True)
+        _FORWARD[model] = lambda x: np.asarray(compiled(tf.convert_to_tensor(x, tf.float32)), dtype=np.float32)
+    return _FORWARD[model]
+
+
+def _predict(model, images, batch_size) -> np.ndarray:
+    return np.concatenate([_forward(model)(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def _confidence(proba, predicted, multilabel) -> np.ndarray:
+    if multilabel:
+        return cosine_similarity(predicted, proba)
+    return proba[np.arange(len(proba)), predicted]
+
+
+def _check_count(name: str, value, minimum: int, why: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r}: {why}")
+
+
+def _check_pixels(pixels) -> None:
+    if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or not 1 <= pixels <= MAX_PIXELS:
+        raise ValueError(f"pixels={pixels!r}: the attack changes 1, 2 or {MAX_PIXELS} pixels "
+                         f"(at most {MAX_PIXELS}, as in the paper).")
+
+
+def _check_target(target, multilabel: bool, n: int, n_outputs: int):
+    """None, (N,) classes (single-label) or (N, L) uint8 sets (multi-label)."""
+    if target is None:
+        return None
+    values = np.asarray(target)
+    if not np.issubdtype(values.dtype, np.number) and values.dtype != bool:
+        raise ValueError(f"target={target!r}: give class indices or a 0/1 label set.")
+    if multilabel:
+        return _check_target_set(values, n, n_outputs)
+    if values.dtype == bool or values.ndim == 2:
+        raise ValueError(f"target has shape {values.shape}: a multi-label target set, but the model is "
+                         f"single-label (softmax); give a class index or (N,) = ({n},) class indices.")
+    if values.ndim > 1 or (values.ndim == 1 and len(values) != n):
+        raise ValueError(f"target has shape {values.shape}; give a class index or one per image, ({n},).")
+    if not np.all(np.mod(values, 1) == 0) or values.min() < 0 or values.max() >= n_outputs:
+        raise ValueError(f"target={target!r}: class indices must be integers in [0, {n_outputs}).")
+    return np.broadcast_to(values.astype(np.int64), (n,)).copy()
+
+
+def _check_target_set(values, n: int, n_findings: int) -> np.ndarray:
+    if values.ndim == 0:
+        raise ValueError(f"target={values.item()!r} is a class index, but the model is multi-label (sigmoid); "
+                         f"give a 0/1 label set of shape ({n_findings},) or ({n}, {n_findings}).")
+    if values.shape not in ((n_findings,), (n, n_findings)):
+        raise ValueError(f"target has shape {values.shape}; the multi-label model needs a 0/1 label set of "
+                         f"shape ({n_findings},) or ({n}, {n_findings}).")
+    if not np.all((values == 0) | (values == 1)):
+        raise ValueError("target: a multi-label target set holds only 0 and 1 (absent / present).")
+    return np.broadcast_to(values.astype(np.uint8), (n, n_findings)).copy()
+
+
+# --------------------------------------------------------------------------- the paper's tables
+
+def label_set_names(sets, names: Sequence[str]) -> list[str]:
+    """Names of 0/1 label sets (N, L): the present findings joined by ", ", or "Normal" if none."""
+    sets = np.asarray(sets).astype(bool)
+    if sets.ndim != 2 or sets.shape[1] != len(names):
+        raise ValueError(f"sets has shape {sets.shape}; expected (N, {len(names)}) for {len(names)} names.")
+    return [", ".join(np.asarray(names)[row]) if row.any() else NORMAL for row in sets]
+
+
+def _names_of(labels, names: Sequence[str]) -> list[str]:
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return label_set_names(labels, names)
+    if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= len(names))):
+        raise ValueError(f"labels must be (N,) classes in [0, {len(names)}) or (N, L) label sets; "
+                         f"got shape {labels.shape}.")
+    return [names[c] for c in labels]
+
+
+def _check_success(success, n: int) -> np.ndarray:
+    success = np.asarray(success, dtype=bool)
+    if success.shape != (n,):
+        raise ValueError(f"success has shape {success.shape}; expected ({n},), one flag per image.")
+    return success
+
+
+def success_rate_table(original, success, names: Sequence[str]) -> pd.DataFrame:
+    """Success rate per original class or label set (Tables 6, 15).
+
+    original: (N,) classes or (N, L) label sets; success: (N,) bool; names: class / finding names.
+    Columns: images, successes, success rate (fraction). Rows: classes in index order (those
+    attacked), label sets by decreasing count.
+    """
+    groups = pd.Series(_names_of(original, names), name="original")
+    success = _check_success(success, len(groups))
+    table = pd.DataFrame({"images": groups.value_counts(sort=False),
+                          "successes": pd.Series(success).groupby(groups).sum()})
+    order = [n for n in names if n in table.index] if np.ndim(original) == 1 else \
+        table.sort_values("images", ascending=False, kind="stable").index
+    table = table.loc[order].astype(int)
+    table["success rate"] = table["successes"] / table["images"]
+    table.index.name = "original"
+    return table
+
+
+def transformation_table(original, final, success, names: Sequence[str]) -> pd.DataFrame:
+    """Class transformations (Table 7): successful images, rows original class x columns resulting class.
+
+    original, final: (N,) classes; success: (N,) bool. All K classes on both axes; the diagonal
+    (no change) is 0.
+    """
+    original, final = np.asarray(original), np.asarray(final)
+    if original.ndim != 1 or final.shape != original.shape:
+        raise ValueError(f"original {original.shape} and final {final.shape} must be (N,) classes "
+                         f"(for label sets use label_set_table).")
+    _names_of(original, names), _names_of(final, names)
+    success = _check_success(success, len(original)) & (original != final)
+    counts = np.zeros((len(names), len(names)), dtype=np.int64)
+    np.add.at(counts, (original[success], final[success]), 1)
+    return pd.DataFrame(counts, index=pd.Index(names, name="original"), columns=pd.Index(names, name="resulting"))
+
+
+def transform_ratio(table) -> pd.Series:
+    """T_adv of every resulting class (equations 6-7, Table 8) from a K x K transformation table.
+
+    r_ori,adv = n_ori,adv / sum_adv n_ori,adv (0 for a class with no successful image) and
+    T_adv = sum_ori r_ori,adv / (K - F), F = classes none of whose images was transformed.
+    The diagonal is ignored (ori = adv counts as a failure).
+    """
+    frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(np.asarray(table))
+    counts = np.array(frame.to_numpy(dtype=np.float64))   # a writable copy
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or np.any(counts < 0):
+        raise ValueError(f"table has shape {counts.shape}; expected a square K x K table of counts >= 0.")
+    np.fill_diagonal(counts, 0.0)
+    row_sums = counts.sum(axis=1, keepdims=True)
+    ratios = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
+    failed = int(np.sum(row_sums == 0))
+    k = len(counts)
+    values = ratios.sum(axis=0) / (k - failed) if k > failed else np.full(k, np.nan)
+    return pd.Series(values, index=frame.columns, name="transform ratio")
+
+
+def conversion_table(original, final, success, normal_classes: Sequence[int] = ()) -> pd.DataFrame:
+    """Disease <-> normal conversions among successful images (Table 9).
+
+    original, final: (N,) classes with ``normal_classes`` the normal ones, or (N, L) label sets
+    where normal is the empty set. Rows "Disease to Normal", "Normal to Disease"; columns Count and
+    Percentage (of the two counts together, in %).
+    """
+    original, final = np.asarray(original), np.asarray(final)
+    if original.shape != final.shape or original.ndim not in (1, 2):
+        raise ValueError(f"original {original.shape} and final {final.shape} must both be (N,) classes "
+                         f"or (N, L) label sets.")
+    success = _check_success(success, len(original))
+    if original.ndim == 2:
+        normal_before, normal_after = ~original.any(axis=1), ~final.any(axis=1)
+    else:
+        normal_before, normal_after = np.isin(original, normal_classes), np.isin(final, normal_classes)
+    counts = [int(np.sum(success & ~normal_before & normal_after)),
+              int(np.sum(success & normal_before & ~normal_after))]
+    total = sum(counts)
+    return pd.DataFrame({"Count": counts,
+                         "Percentage": [100.0 * c / total if total else np.nan for c in counts]},
+                        index=pd.Index(["Disease to Normal", "Normal to Disease"], name="Class conversion"))
+
+
+def avg_cl(confidence, success) -> float:
+    """AvgCL (equation 8): mean confidence of the successful adversarial images (NaN if none).
+
+    Pass ``result.final_confidence``: the confidence of the resulting (targeted: the target) class.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    success = _check_success(success, len(confidence))
+    return float(confidence[success].mean()) if success.any() else float("nan")
+
+
+def label_set_table(original, final, success, names: Sequence[str]) -> pd.DataFrame:
+    """Resulting label sets of successful images (Table 16): rows resulting set x columns original set.
+
+    original, final: (N, L) 0/1 sets; success: (N,) bool; names: the L finding names. Rows and
+    columns hold the sets that occur, in alphabetical order, "Normal" for the empty set.
+    """
+    original, final = np.asarray(original), np.asarray(final)
+    if original.ndim != 2 or final.shape != original.shape:
+        raise ValueError(f"original {original.shape} and final {final.shape} must be (N, L) label sets.")
+    success = _check_success(success, len(original))
+    frame = pd.DataFrame({"resulting": label_set_names(final, names),
+                          "original": label_set_names(original, names)})[success]
+    table = pd.crosstab(frame["resulting"], frame["original"])
+    columns = sorted(set(label_set_names(original, names)))
+    return table.reindex(columns=columns, fill_value=0).sort_index()
+
+
+def finding_counts(final, success, names: Sequence[str]) -> pd.Series:
+    """How many successful adversarial images hold each finding (Figure 10), one entry per name."""
+    final = np.asarray(final).astype(bool)
+    if final.ndim != 2 or final.shape[1] != len(names):
+        raise ValueError(f"final has shape {final.shape}; expected (N, {len(names)}) label sets.")
+    success = _check_success(success, len(final))
+    return pd.Series(final[success].sum(axis=0), index=pd.Index(names, name="finding"), name="images")
+
+
+def findings_per_image(final, success) -> pd.Series:
+    """Successful adversarial images by number of findings (0 = Normal, 1, ..., L)."""
+    final = np.asarray(final).astype(bool)
+    if final.ndim != 2:
+        raise ValueError(f"final has shape {final.shape}; expected (N, L) label sets.")
+    success = _check_success(success, len(final))
+    counts = np.bincount(final[success].sum(axis=1), minlength=final.shape[1] + 1)
+    return pd.Series(counts, index=pd.Index(range(final.shape[1] + 1), name="findings"), name="images")
+
+
+def report(result: PixelAttackResult, info, names: Sequence[str] | None = None) -> dict[str, object]:
+    """The paper's tables for one attack on a :class:`~helpers.data.DatasetInfo` dataset.
+
+    Keys: "success rate", "conversion", "AvgCL", and "transformation" and "transform ratio"
+    (single-label) or "label sets", "findings" and "findings per image" (multi-label).
+    ``names`` default to ``info.short_names``.
+    """
+    names = list(names or info.short_names)
+    if result.multilabel != info.multilabel:
+        raise ValueError(f"report: the result is {'multi' if result.multilabel else 'single'}-label but "
+                         f"the dataset {info.key!r} is {info.task}.")
+    args = (result.original, result.final, result.success)
+    tables: dict[str, object] = {"success rate": success_rate_table(result.original, result.success, names)}
+    if result.multilabel:
+        tables["label sets"] = label_set_table(*args, names)
+        tables["findings"] = finding_counts(result.final, result.success, names)
+        tables["findings per image"] = findings_per_image(result.final, result.success)
+    else:
+        tables["transformation"] = transformation_table(*args, names)
+        tables["transform ratio"] = transform_ratio(tables["transformation"])
+    tables["conversion"] = conversion_table(*args, info.normal_classes)
+    tables["AvgCL"] = avg_cl(result.final_confidence, result.success)
+    return tables
+
+
+# --------------------------------------------------------------------------- which images to attack
+
+def _check_per(name: str, value) -> None:
+    _check_count(name, value, 1, "give at least 1 image per group (the paper: 100).")
+
+
+def images_per_class(model, dataset, per_class: int, classes=None, seed: int = 0) -> dict[int, np.ndarray]:
+    """Indices into ``dataset`` of up to ``per_class`` correctly classified images of each class.
+
+    ``dataset``: a single-label :class:`~helpers.data.MedDataset` (its ``images`` and ``labels``);
+    ``classes``: the classes to draw from (default: all). Images are drawn at random (seeded).
+    A class with fewer correctly classified images gives fewer (the paper marks such rows).
+    """
+    from .models import predict_labels
+
+    if dataset.info.multilabel:
+        raise ValueError(f"images_per_class: {dataset.info.key!r} is multi-label; use images_per_label_set.")
+    _check_per("per_class", per_class)
+    classes = range(dataset.info.n_classes) if classes is None else classes
+    correct = predict_labels(model, dataset.images) == dataset.labels
+    rng = np.random.default_rng(seed)
+    return {int(c): np.sort(rng.permutation(np.flatnonzero(correct & (dataset.labels == c)))[:per_class])
+            for c in classes}
+
+
+def frequent_label_sets(labels, count: int = 5) -> np.ndarray:
+    """The ``count`` most frequent label sets (count, L) of 0/1 labels (N, L), most frequent first.
+
+    Paper 004 attacks the five most frequent ChestMNIST sets: Normal (no finding), Infiltration,
+    Atelectasis, Effusion and Nodule.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels has shape {labels.shape}; expected (N, L) 0/1 label sets.")
+    _check_count("count", count, 1, "ask for at least 1 label set.")
+    sets, frequency = np.unique(labels.astype(np.uint8), axis=0, return_counts=True)
+    order = np.lexsort((np.arange(len(sets)), -frequency))    # by frequency, ties in a fixed order
+    return sets[order[:count]]
+
+
+def images_per_label_set(model, dataset, sets, per_set: int, seed: int = 0,
+                         correct_only: bool = True) -> dict[str, np.ndarray]:
+    """Indices of up to ``per_set`` images whose true label set equals each of ``sets``.
+
+    ``sets``: (S, L) 0/1 label sets; keys of the result are their names ("Normal", "INFI", ...).
+    ``correct_only``: only images whose predicted set is also that set (exactly); set it to False
+    for a model that rarely predicts whole sets exactly - the attack then changes whatever set
+    the model predicts for the image.
+    """
+    if not dataset.info.multilabel:
+        raise ValueError(f"images_per_label_set: {dataset.info.key!r} is single-label; use images_per_class.")
+    _check_per("per_set", per_set)
+    sets = np.asarray(sets)
+    if sets.ndim != 2 or sets.shape[1] != dataset.info.n_classes:
+        raise ValueError(f"sets has shape {sets.shape}; expected (S, {dataset.info.n_classes}) label sets.")
+    predicted = (_predict(model, check_images(dataset.images, model), 4096) > GAMMA).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    names = label_set_names(sets, dataset.info.short_names)
+    out = {}
+    for name, wanted in zip(names, sets):
+        match = np.all(dataset.labels == wanted, axis=1)
+        if correct_only:
+            match &= np.all(predicted == wanted, axis=1)
+        out[name] = np.sort(rng.permutation(np.flatnonzero(match))[:per_set])
+    return out
+
+
+def prediction_text(result: PixelAttackResult, i: int, names: Sequence[str], adversarial: bool) -> str:
+    """The clean (or adversarial) prediction of image ``i`` with its confidence, for figure titles.
+
+    Single-label: "NORMAL (97.1%)"; multi-label: the present findings with their outputs,
+    "INFI (81%), ATEL (62%)", or "Normal" when none is above gamma.
+    """
+    proba = (result.final_proba if adversarial else result.original_proba)[i]
+    label = (result.final if adversarial else result.original)[i]
+    if not result.multilabel:
+        return f"{names[int(label)]} ({proba[int(label)]:.1%})"
+    present = np.flatnonzero(label)
+    return ", ".join(f"{names[j]} ({proba[j]:.0%})" for j in present) if present.size else NORMAL
+
+
+# --------------------------------------------------------------------------- cache
+
+_ARRAYS = ("adversarial", "success", "original", "final", "original_confidence", "final_confidence",
+           "original_proba", "final_proba", "pixels", "generations", "queries")
+
+
+def attack_key(model_key: str, images, *, pixels: int, target=None, population: int = 100,
+               generations: int = 100, F: float = 0.5, early_stop: float | None = 0.01, seed: int = 0) -> str:
+    """Cache key of a pixel attack: the model's key, a digest of the images and targets, the settings."""
+    import hashlib
+
+    digest = hashlib.sha1(np.ascontiguousarray(images, dtype=np.float32).tobytes())
+    if target is not None:
+        digest.update(np.ascontiguousarray(target, dtype=np.int64).tobytes())
+    kind = "untargeted" if target is None else "targeted"
+    stop = "none" if early_stop is None else f"{early_stop:g}"
+    return (f"{model_key}--pixel{pixels}-{kind}-pop{population}-gen{generations}-F{F:g}-stop{stop}"
+            f"-seed{seed}-{len(images)}img-{digest.hexdigest()[:12]}")
+
+
+def save_result(result: PixelAttackResult, path) -> None:
+    """Write a pixel attack's result (npz); an existing file is never overwritten."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; a saved attack is never overwritten (delete it to recompute).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part.npz")
+    extra = {} if result.target is None else {"target": result.target}
+    np.savez(partial, **{name: getattr(result, name) for name in _ARRAYS}, **extra, seconds=result.seconds,
+             multilabel=result.multilabel, method=result.method)
+    partial.replace(path)
+
+
+def load_result(path) -> PixelAttackResult:
+    """Read a result written by :func:`save_result`."""
+    with np.load(path) as f:
+        return PixelAttackResult(**{name: f[name] for name in _ARRAYS}, seconds=float(f["seconds"]),
+                                 target=f["target"] if "target" in f.files else None,
+                                 multilabel=bool(f["multilabel"]), method=str(f["method"]))
+
+
+def cached_attack(model, model_key: str, images, *, pixels: int = 1, target=None, population: int = 100,
+                  generations: int = 100, F: float = 0.5, early_stop: float | None = 0.01, seed: int = 0,
+                  cache=None, **kwargs) -> PixelAttackResult:
+    """:func:`pixel_attack`, saved in the course cache (``pixel_attacks``) and reloaded by later runs.
+
+    ``model_key`` names the trained model (``TrainedModel.key``); the key also covers the images,
+    targets and every DE setting, so a changed setting computes a new attack.
+    """
+    from pathlib import Path
+
+    from .config import cache_dir
+
+    settings = dict(pixels=pixels, target=target, population=population, generations=generations, F=F,
+                    early_stop=early_stop, seed=seed)
+    path = Path(cache or cache_dir("pixel_attacks")) / f"{attack_key(model_key, images, **settings)}.npz"
+    if path.exists():
+        return load_result(path)
+    result = pixel_attack(model, images, **settings, **kwargs)
+    save_result(result, path)
+    return result
