@@ -34,3 +34,20 @@ def colab_url(notebook: str) -> str:
 def in_colab() -> bool:
     """True when running inside Google Colab."""
     return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules
+
+
+def save_npz_once(path, what: str, **arrays) -> Path:
+    """Write ``arrays`` to the npz file ``path`` atomically; an existing file is never overwritten.
+
+    ``what`` names the content in the error ("UAP", "attack"). Returns the path.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; a saved {what} is never overwritten (delete it to recompute).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part.npz")
+    np.savez(partial, **arrays)
+    partial.replace(path)
+    return path

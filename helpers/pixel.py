@@ -723,17 +723,11 @@ def attack_key(model_key: str, images, *, pixels: int, target=None, population: 
 
 def save_result(result: PixelAttackResult, path) -> None:
     """Write a pixel attack's result (npz); an existing file is never overwritten."""
-    from pathlib import Path
+    from .config import save_npz_once
 
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} exists; a saved attack is never overwritten (delete it to recompute).")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part.npz")
     extra = {} if result.target is None else {"target": result.target}
-    np.savez(partial, **{name: getattr(result, name) for name in _ARRAYS}, **extra, seconds=result.seconds,
-             multilabel=result.multilabel, method=result.method)
-    partial.replace(path)
+    save_npz_once(path, "attack", **{name: getattr(result, name) for name in _ARRAYS}, **extra,
+                  seconds=result.seconds, multilabel=result.multilabel, method=result.method)
 
 
 def load_result(path) -> PixelAttackResult:

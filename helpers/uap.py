@@ -314,17 +314,12 @@ def uap_key(model_key: str, n_images: int, *, zeta, norm, eps, i_max, target, mo
 
 def save_uap(result: UAPResult, path) -> None:
     """Write a UAP (npz: perturbation + settings + per-pass rates); an existing file is kept."""
-    from pathlib import Path
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} exists; a saved UAP is never overwritten (delete it to recompute).")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part.npz")
-    np.savez(partial, perturbation=result.perturbation, norm=result.norm, xi=result.xi, eps=result.eps,
-             target=-1 if result.target is None else result.target, mode=result.mode,
-             rates=np.asarray(result.rates), eval_rates=np.asarray(result.eval_rates), passes=result.passes,
-             seconds=result.seconds, zeta=np.nan if result.zeta is None else result.zeta)
-    partial.replace(path)
+    from .config import save_npz_once
+
+    save_npz_once(path, "UAP", perturbation=result.perturbation, norm=result.norm, xi=result.xi, eps=result.eps,
+                  target=-1 if result.target is None else result.target, mode=result.mode,
+                  rates=np.asarray(result.rates), eval_rates=np.asarray(result.eval_rates), passes=result.passes,
+                  seconds=result.seconds, zeta=np.nan if result.zeta is None else result.zeta)
 
 
 def load_uap(path) -> UAPResult:
