@@ -10,6 +10,11 @@ One module per idea, grown chapter by chapter:
 * :mod:`helpers.metrics`   - accuracy, confusion matrices, fooling and success rates
 * :mod:`helpers.plots`     - the figures of the chapters
 * :mod:`helpers.uap`       - universal adversarial perturbations (faithful and batched)
+* :mod:`helpers.vulnerability` - rates versus UAP size, random controls, transferability
+* :mod:`helpers.natural`   - natural photos as the attack set (paper 001)
+* :mod:`helpers.pixel`     - one- and few-pixel attacks by differential evolution (paper 004)
+* :mod:`helpers.retrain`   - adversarial retraining against UAPs (paper 000)
 * :mod:`helpers.records`   - the key numbers each chapter records
+* :mod:`helpers.pipeline`  - papermill + Jupyter Book
 """
 __version__ = "0.1.0"

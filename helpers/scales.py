@@ -79,7 +79,7 @@ _PRESETS = {
         uap_images=100, uap_i_max=3, zeta_grid=(0.02, 0.04, 0.08), eval_images=200,
         natural_images=200, natural_chunk=50,
         pixel_images_per_class=3, pixel_population=50, pixel_generations=30,
-        retrain_rounds=2, retrain_uaps=3, retrain_epochs=1,
+        retrain_rounds=1, retrain_uaps=2, retrain_epochs=1,
         notes="CI: about a minute per chapter on two CPU cores; small CNN from scratch.",
     ),
     "cpu": Preset(

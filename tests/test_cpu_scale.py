@@ -6,7 +6,10 @@ minute on two cores): it must reach 85 % test accuracy, a non-targeted UAP at ze
 to each class must lift R_s well above its baseline; a UAP made from natural photos alone
 (paper 001: one pass, no medical image) must also fool far more test images than random noise;
 differential evolution must find 1- and 3-pixel adversarial images, more (or as many) with 3
-pixels, and far more than the same number of random 3-pixel candidates without the evolution.
+pixels, and far more than the same number of random 3-pixel candidates without the evolution;
+five rounds of adversarial retraining against UAPs targeted to PNEUMONIA (paper 000, Fig. 6:
+zeta = 2 %, p = 2) must keep the clean test accuracy and leave R_s lower than before (about two
+minutes).
 """
 import os
 import warnings
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import data, models, natural, pixel, scales, training, uap
+from helpers import data, models, natural, pixel, retrain, scales, training, uap
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +98,20 @@ def test_cpu_pixel_attack_finds_adversarial_pixels_random_pixels_rarely(cpu_pneu
     assert one.success.sum() >= 1
     assert three.success.sum() >= max(3, one.success.sum())
     assert control.success.sum() <= three.success.sum() / 2
+
+
+def test_cpu_retraining_lowers_targeted_success_and_keeps_accuracy(cpu_pneumonia, tmp_path):
+    preset, splits, model = cpu_pneumonia
+    key = training.model_key("pneumonia", "real", preset.image_size, "small_cnn", None, preset.name, 0)
+    target = splits["test"].info.short_names.index("PNEUMONIA")
+    run = retrain.adversarial_retraining(
+        training.TrainedModel(model, key, tmp_path, {}), splits, zeta=0.02, norm=2, target=target,
+        eps=preset.uap_eps, rounds=preset.retrain_rounds, uaps_per_round=preset.retrain_uaps,
+        epochs=preset.retrain_epochs, attack_images=preset.uap_images, i_max=preset.uap_i_max,
+        eval_images=preset.eval_images, seed=0, cache=tmp_path, progress=False)
+    table = run.table
+    before, after = table.iloc[0], table.iloc[-1]
+    assert list(table["round"]) == list(range(preset.retrain_rounds + 1)) == [0, 1, 2, 3, 4, 5]
+    assert before["rate"] > before["baseline"]                      # the UAP works before retraining
+    assert (table["clean test accuracy"] - before["clean test accuracy"]).abs().max() <= 0.05
+    assert after["rate"] < before["rate"]
