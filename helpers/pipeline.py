@@ -45,6 +45,7 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _SPHINX_ERROR = re.compile(r"(^|:\s)(ERROR|CRITICAL|SEVERE):\s")
 _PAPERMILL_MARKER = "papermill-error-cell-tag"
+PREVIOUS = "previous"   # book/chapters/previous/<scale>/: executed chapters of other scales
 
 
 class ChapterFailed(RuntimeError):
@@ -128,7 +129,7 @@ def _select(requested: Iterable[str] | None, toc: list[str]) -> list[str]:
 
 def _ignore_generated(folder: str, names: list[str]) -> set[str]:
     """copytree filter: skip build output and executed chapters."""
-    skip = {n for n in names if n in ("_build", ".ipynb_checkpoints") or n.endswith(".results.json")}
+    skip = {n for n in names if n in ("_build", ".ipynb_checkpoints", PREVIOUS) or n.endswith(".results.json")}
     if Path(folder).resolve() == (BOOK_DIR / "chapters").resolve():
         skip |= {n for n in names if n.endswith(".ipynb")}
     return skip
@@ -218,6 +219,33 @@ def failure_report(name: str, output: Path, error: BaseException) -> str:
     return "\n".join(parts)
 
 
+def executed_scale(notebook: Path) -> str | None:
+    """The ``SCALE`` an executed notebook was run with (papermill's metadata), or None."""
+    import nbformat
+
+    try:
+        return nbformat.read(notebook, as_version=4).metadata["papermill"]["parameters"]["SCALE"]
+    except Exception:  # noqa: BLE001 - not executed by papermill, unreadable, or no SCALE
+        return None
+
+
+def keep_other_scale(output: Path, results: Path, scale: str) -> Path | None:
+    """Move an executed chapter of another scale (and its numbers) to ``previous/<its scale>/``.
+
+    A run at ``scale`` replaces only its own scale's outputs: a day-long ``paper`` run survives a
+    later ``smoke`` run. Returns the folder they went to, or None if nothing was moved.
+    """
+    old_scale = executed_scale(output) if output.exists() else None
+    if old_scale is None or old_scale == scale:
+        return None
+    folder = output.parent / PREVIOUS / str(old_scale)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (output, results):
+        if path.exists():
+            path.replace(folder / path.name)
+    return folder
+
+
 def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke", *,
                     cwd: str | Path | None = None, records_dir: str | Path | None = None,
                     timeout: float | None = None, log_output: bool = True) -> ChapterRun:
@@ -234,6 +262,7 @@ def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke"
     results = records / f"{name}.results.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     records.mkdir(parents=True, exist_ok=True)
+    keep_other_scale(output, results, scale)
     for stale in (output, results):  # never report a previous run's notebook or numbers
         stale.unlink(missing_ok=True)
     start = time.perf_counter()

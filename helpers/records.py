@@ -11,7 +11,8 @@ Every ``log`` rewrites ``<records dir>/<chapter>.results.json``::
      "values": {"pneumonia/small_cnn/test_accuracy": 0.87}}
 
 The records dir is ``$COURSE_RECORDS_DIR`` if set (the book pipeline sets it so
-that the file lands next to the executed notebook), else ``<cache>/records``.
+that the file lands next to the executed notebook), else ``<cache>/records/<scale>``, so that
+a run at one scale never replaces the numbers of another.
 
 The regression tests compare such a file with ``tests/references/<chapter>.<scale>.json``::
 
@@ -42,11 +43,11 @@ REFERENCES_DIR = Path(__file__).resolve().parents[1] / "tests" / "references"
 _SPEC_KEYS = {"value", "abs_tol", "min", "max", "equals", "when"}
 
 
-def records_dir() -> Path:
-    """Folder the results files are written to (created if needed)."""
+def records_dir(scale: str = "") -> Path:
+    """Folder the results files are written to (created if needed): see the module docstring."""
     folder = os.environ.get(ENV_RECORDS_DIR)
     if not folder:
-        return cache_dir("records")
+        return cache_dir("records", *([scale] if scale else []))
     path = Path(folder).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -74,7 +75,7 @@ class Recorder:
         self.chapter = str(chapter)
         self.scale = str(scale)
         self.values: dict[str, Value] = {}
-        self._path = records_dir() / f"{self.chapter}.results.json"
+        self._path = records_dir(self.scale) / f"{self.chapter}.results.json"
         self._write()
 
     @property
@@ -128,8 +129,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _applies(spec: dict, values: dict) -> bool:
-    """True when every ``when`` condition of ``spec`` holds in ``values``."""
-    return all(key in values and values[key] == expected for key, expected in spec.get("when", {}).items())
+    """True when every ``when`` condition of ``spec`` holds in ``values`` (all condition keys present)."""
+    return all(values[key] == expected for key, expected in spec.get("when", {}).items())
 
 
 def _check_one(key: str, spec: Any, values: dict) -> str | None:
@@ -140,6 +141,8 @@ def _check_one(key: str, spec: Any, values: dict) -> str | None:
         return f"{key}: invalid check {spec!r} (unknown field(s) {sorted(unknown)})"
     if not isinstance(spec.get("when", {}), dict):
         return f"{key}: invalid check {spec!r} ('when' must map keys to expected values)"
+    if missing := [k for k in spec.get("when", {}) if k not in values]:
+        return f"{key}: its condition key(s) {missing} are missing from the results"
     if not _applies(spec, values):
         return None
     if key not in values:

@@ -54,8 +54,10 @@ def test_book_copy_leaves_out_generated_files(tmp_path, monkeypatch):
     source = tmp_path / "repo_book"
     (source / "chapters").mkdir(parents=True)
     (source / "_build" / "html").mkdir(parents=True)
+    (source / "chapters" / "previous" / "cpu").mkdir(parents=True)
     for name in ("_config.yml", "_toc.yml", "intro.md", "references.bib", "chapters/page.md",
-                 "chapters/01_x.ipynb", "chapters/01_x.results.json", "_build/html/index.html"):
+                 "chapters/01_x.ipynb", "chapters/01_x.results.json", "_build/html/index.html",
+                 "chapters/previous/cpu/01_x.ipynb"):
         (source / name).write_text("x")
     monkeypatch.setattr(pipeline, "BOOK_DIR", source)
     copy = prepare_book_dir(tmp_path / "copy" / "book")
@@ -87,6 +89,21 @@ def test_executed_chapter_gets_scale_and_records_next_to_it(tmp_path):
     assert ran.results == output.with_name("01_tiny.results.json")
     assert json.loads(ran.results.read_text()) == {"chapter": "01_tiny", "scale": "smoke",
                                                    "values": {"tiny/answer": 42}}
+
+
+def test_a_run_at_another_scale_keeps_the_earlier_one(tmp_path):
+    source = write_notebook(
+        tmp_path / "01_tiny.ipynb",
+        "from helpers.records import Recorder\nRecorder('01_tiny', SCALE).log('tiny/scale', SCALE)")
+    output = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
+    execute_chapter(source, output, "cpu", log_output=False)
+    execute_chapter(source, output, "smoke", log_output=False)
+    kept = output.parent / "previous" / "cpu"
+    assert json.loads((kept / "01_tiny.results.json").read_text())["values"] == {"tiny/scale": "cpu"}
+    assert pipeline.executed_scale(kept / "01_tiny.ipynb") == "cpu"
+    assert pipeline.executed_scale(output) == "smoke"
+    execute_chapter(source, output, "smoke", log_output=False)      # the same scale replaces its own run
+    assert sorted(p.name for p in output.parent.iterdir()) == ["01_tiny.ipynb", "01_tiny.results.json", "previous"]
 
 
 def test_strip_notebooks(tmp_path):

@@ -25,7 +25,7 @@ def test_file_written_where_the_env_var_points(records_env):
 def test_default_folder_is_the_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("COURSE_RECORDS_DIR", raising=False)
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
-    assert Recorder("02_uap_nontargeted", "cpu").path == tmp_path / "cache" / "records" / "02_uap_nontargeted.results.json"
+    assert Recorder("02_uap_nontargeted", "cpu").path == tmp_path / "cache" / "records" / "cpu" / "02_uap_nontargeted.results.json"
 
 
 def test_numpy_values_are_serialised(records_env):
@@ -111,10 +111,11 @@ def test_when_condition():
     assert check_against_reference(_results(real_data=True), REFERENCE) == ["real_acc: missing from the results"]
 
 
-def test_when_condition_on_an_absent_key_does_not_apply():
+def test_when_condition_on_an_absent_key_is_a_failure():
     results = _results()
     del results["values"]["real_data"]
-    assert check_against_reference(results, REFERENCE) == []
+    failures = check_against_reference(results, REFERENCE)
+    assert failures == ["real_acc: its condition key(s) ['real_data'] are missing from the results"]
 
 
 def test_scale_mismatch_and_invalid_specs_are_reported():
