@@ -25,6 +25,7 @@ import pandas as pd
 
 from . import uap
 from .config import cache_dir
+from .models import weights_digest
 from .training import fit, save_trained, set_seed
 
 
@@ -35,17 +36,30 @@ class RetrainingRun:
     table: pd.DataFrame                       # one row per round (round 0 = before retraining)
     folder: Path
     model: keras.Model
-    last_adv_pred: np.ndarray                 # (E,) evaluation-image predictions under the last fresh UAP
+    adv_preds: list                           # per round, (E,) evaluation-image predictions under its fresh UAP
     eval_labels: np.ndarray                   # (E,) true classes of the evaluation images
     resumed_rounds: list = field(default_factory=list)   # rounds reloaded from the cache
 
+    @property
+    def last_adv_pred(self) -> np.ndarray:
+        """(E,) evaluation-image predictions under the fresh UAP of the last round."""
+        return self.adv_preds[-1]
+
 
 def run_key(model_key: str, *, zeta: float, norm, target, eps: float, uaps_per_round: int, epochs: int,
-            attack_images: int, i_max: int, eval_images: int, batch_size: int, seed: int) -> str:
-    """Cache folder name of a run: the model's key plus every setting that changes a round."""
+            attack_images: int, i_max: int, eval_images: int, batch_size: int, seed: int,
+            learning_rate: float | None = None, weights: str = "") -> str:
+    """Cache folder name of a run: the model's key plus every setting that changes a round.
+
+    ``weights`` is :func:`~helpers.models.weights_digest` of the starting model, so a model trained
+    again under the same key starts a new run instead of resuming another model's.
+    """
     kind = "nt" if target is None else f"t{target}"
+    rate = "" if learning_rate is None else f"-lr{learning_rate:g}"
+    digest = f"-w{weights}" if weights else ""
     return (f"{model_key}--retrain-{kind}-p{uap.norm_name(norm)}-zeta{zeta:g}-eps{eps:g}-imax{i_max}"
-            f"-uaps{uaps_per_round}-epochs{epochs}-bs{batch_size}-imgs{attack_images}-eval{eval_images}-seed{seed}")
+            f"-uaps{uaps_per_round}-epochs{epochs}{rate}-bs{batch_size}-imgs{attack_images}-eval{eval_images}"
+            f"-seed{seed}{digest}")
 
 
 # --------------------------------------------------------------------------- the retraining set
@@ -95,8 +109,15 @@ def _check_count(name: str, value, hint: str) -> None:
 
 
 def _check(trained, splits, *, zeta, norm, target, eps, rounds, uaps_per_round, epochs, attack_images, i_max,
-           eval_images, batch_size) -> None:
+           eval_images, batch_size, learning_rate) -> None:
     """Refuse settings the procedure cannot run with, naming the parameter and the fix."""
+    if not (isinstance(getattr(trained, "model", None), keras.Model) and isinstance(getattr(trained, "key", None), str)):
+        raise ValueError(f"trained={type(trained).__name__}: pass the TrainedModel that training.get_or_train "
+                         "returns (its .model is retrained, its .key names the cache folder).")
+    if learning_rate is not None and not (isinstance(learning_rate, (int, float, np.floating))
+                                          and math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate={learning_rate!r}: pass a positive rate, e.g. 1e-4, or None for the "
+                         "training schedule of chapter 1 over the extra epochs.")
     for name, value, hint in (("rounds", rounds, "paper 000: 5"), ("uaps_per_round", uaps_per_round, "paper 000: 10"),
                               ("epochs", epochs, "paper 000: 5"), ("attack_images", attack_images, "e.g. 500"),
                               ("i_max", i_max, "paper 000: 15"), ("batch_size", batch_size, "paper 000: 32")):
@@ -124,7 +145,8 @@ def _check(trained, splits, *, zeta, norm, target, eps, rounds, uaps_per_round, 
 def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target: int | None = None,
                            eps: float = 0.01, rounds: int = 5, uaps_per_round: int = 10, epochs: int = 5,
                            attack_images: int = 500, i_max: int = 5, eval_images: int | None = None,
-                           batch_size: int = 32, seed: int = 0, cache=None, progress: bool = True) -> RetrainingRun:
+                           batch_size: int = 32, learning_rate: float | None = None, seed: int = 0, cache=None,
+                           progress: bool = True) -> RetrainingRun:
     """Retrain ``trained`` (a :class:`~helpers.training.TrainedModel`) against UAPs, round by round.
 
     Args:
@@ -135,6 +157,8 @@ def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target
         rounds, uaps_per_round, epochs: paper 000: 5, 10, 5.
         attack_images: training images each UAP is made from (fewer if the split is smaller).
         eval_images: test images the rates are measured on (a seeded random subset; None: all).
+        learning_rate: the base rate of the extra epochs. Paper 000 does not state it; None runs chapter 1's
+            schedule over them (base 1e-3, stepped down at 80 % and 90 % of the epochs).
         cache: the folder holding the runs (default: the course cache's ``retraining``).
     Returns:
         a :class:`RetrainingRun`; round 0 of its table is the model before retraining. Calling again with
@@ -142,18 +166,19 @@ def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target
     """
     _check(trained, splits, zeta=zeta, norm=norm, target=target, eps=eps, rounds=rounds,
            uaps_per_round=uaps_per_round, epochs=epochs, attack_images=attack_images, i_max=i_max,
-           eval_images=eval_images, batch_size=batch_size)
+           eval_images=eval_images, batch_size=batch_size, learning_rate=learning_rate)
     train, test = splits["train"], splits["test"]
     if eval_images is not None:
         test = test.subset(np.random.default_rng(seed).permutation(len(test))[:eval_images])
     attack = train.images[np.random.default_rng(seed).permutation(len(train))[:attack_images]]
     key = run_key(trained.key, zeta=zeta, norm=norm, target=target, eps=eps, uaps_per_round=uaps_per_round,
                   epochs=epochs, attack_images=len(attack), i_max=i_max, eval_images=len(test),
-                  batch_size=batch_size, seed=seed)
+                  batch_size=batch_size, seed=seed, learning_rate=learning_rate,
+                  weights=weights_digest(trained.model))
     folder = Path(cache or cache_dir("retraining")) / key
     folder.mkdir(parents=True, exist_ok=True)
     settings = dict(zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target, progress=False)
-    model, saved_model, rows, resumed, adv_pred = trained.model, None, [], [], None
+    model, saved_model, rows, resumed, adv_preds = trained.model, None, [], [], []
     from tqdm.auto import tqdm
     for number in tqdm(range(rounds + 1), desc="retraining rounds", disable=not progress):
         done = folder / f"round{number}"
@@ -161,6 +186,7 @@ def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target
             row, adv_pred = _load_round(done)
             saved_model = done / "model" if number > 0 else None     # loaded only if a later round needs it
             rows.append(row)
+            adv_preds.append(adv_pred)
             resumed.append(number)
             continue
         if saved_model is not None:
@@ -168,19 +194,19 @@ def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target
         start = time.perf_counter()
         if number > 0:
             model = _retrain_once(model, train, attack, splits.get("val"), settings, uaps_per_round, epochs,
-                                  batch_size, seed + 1000 * number)
+                                  batch_size, learning_rate, seed + 1000 * number)
         fresh = uap.universal_perturbation(model, attack, seed=seed + 1000 * number + 999, **settings)
         rate, scores = _evaluate_round(model, test, fresh, target)
         row = _round_row(number, rate, scores, time.perf_counter() - start, train.info.n_classes)
         _save_round(done, model, row, fresh, scores["adv_pred"], with_model=number > 0)
         rows.append(row)
-        adv_pred = scores["adv_pred"]
+        adv_preds.append(scores["adv_pred"])
     if saved_model is not None:
         model = _load_model(saved_model)
-    return RetrainingRun(pd.DataFrame(rows), folder, model, adv_pred, np.asarray(test.labels), resumed)
+    return RetrainingRun(pd.DataFrame(rows), folder, model, adv_preds, np.asarray(test.labels), resumed)
 
 
-def _retrain_once(model, train, attack, val, settings, uaps_per_round, epochs, batch_size, seed):
+def _retrain_once(model, train, attack, val, settings, uaps_per_round, epochs, batch_size, learning_rate, seed):
     """Steps (i)-(iii): UAPs against ``model``, the half-perturbed training set, fine-tuning a copy."""
     perturbations = [uap.universal_perturbation(model, attack, seed=seed + k, **settings).perturbation
                      for k in range(uaps_per_round)]
@@ -189,7 +215,8 @@ def _retrain_once(model, train, attack, val, settings, uaps_per_round, epochs, b
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     copy.name = model.name                      # keeps the architecture's optimiser choice
-    fit(copy, mixed, val, epochs=epochs, batch_size=batch_size, seed=seed, description="fine-tuning on UAP images")
+    fit(copy, mixed, val, epochs=epochs, batch_size=batch_size, seed=seed, learning_rate=learning_rate,
+        description="fine-tuning on UAP images")
     return copy
 
 

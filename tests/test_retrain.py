@@ -86,13 +86,19 @@ def test_bad_retraining_set_inputs_are_refused(images, perturbations, fragment):
     ({"epochs": 0}, "epochs=0"), ({"attack_images": 0}, "attack_images=0"), ({"i_max": 0}, "i_max=0"),
     ({"batch_size": 0}, "batch_size=0"), ({"eval_images": 0}, "eval_images=0"), ({"zeta": 0.0}, "zeta=0.0"),
     ({"zeta": float("nan")}, "zeta=nan"), ({"eps": -0.01}, "eps=-0.01"), ({"target": 2}, r"target=2.*\[0, 2\)"),
-    ({"target": True}, "target=True"), ({"norm": "l3"}, "norm='l3'"),
+    ({"target": True}, "target=True"), ({"norm": "l3"}, "norm='l3'"), ({"learning_rate": 0.0}, "learning_rate=0.0"),
 ])
 def test_bad_settings_are_refused_before_any_work(smoke_pneumonia_model, tmp_path, change, fragment):
     splits, trained = smoke_pneumonia_model
     with pytest.raises(ValueError, match=fragment):
         retrain.adversarial_retraining(trained, splits, cache=tmp_path, **{**SETTINGS, **change})
     assert not any(tmp_path.iterdir())
+
+
+def test_a_bare_model_is_refused(smoke_pneumonia_model, tmp_path):
+    splits, trained = smoke_pneumonia_model
+    with pytest.raises(ValueError, match="trained=Functional: pass the TrainedModel"):
+        retrain.adversarial_retraining(trained.model, splits, cache=tmp_path, **SETTINGS)
 
 
 def test_missing_test_split_is_refused(smoke_pneumonia_model, tmp_path):
@@ -122,20 +128,28 @@ def weights_before(smoke_pneumonia_model) -> str:
 
 
 class Counted:
-    """Counts the UAPs made and the fine-tunings run by ``adversarial_retraining`` inside a ``with``."""
+    """Counts the UAPs made and the fine-tunings run by ``adversarial_retraining`` inside a ``with``.
+
+    Also keeps the model each UAP was made against (``uap_models``) and the model and training
+    set of each fine-tuning (``fit_models``, ``fit_sets``).
+    """
 
     def __enter__(self):
         self.uaps = self.fits = 0
+        self.uap_models, self.fit_models, self.fit_sets = [], [], []
         self.patch = pytest.MonkeyPatch()
         real_uap, real_fit = uap.universal_perturbation, retrain.fit
 
-        def counted_uap(*args, **kwargs):
+        def counted_uap(model, *args, **kwargs):
             self.uaps += 1
-            return real_uap(*args, **kwargs)
+            self.uap_models.append(model)
+            return real_uap(model, *args, **kwargs)
 
-        def counted_fit(*args, **kwargs):
+        def counted_fit(model, train, *args, **kwargs):
             self.fits += 1
-            return real_fit(*args, **kwargs)
+            self.fit_models.append(model)
+            self.fit_sets.append(train)
+            return real_fit(model, train, *args, **kwargs)
 
         self.patch.setattr(uap, "universal_perturbation", counted_uap)
         self.patch.setattr(retrain, "fit", counted_fit)
@@ -181,11 +195,28 @@ def test_a_run_records_every_round_and_saves_it(straight):
     assert list(run.table["round"]) == [0, 1, 2] and run.resumed_rounds == []
     assert run.table["rate"].between(0, 1).all() and run.table["clean test accuracy"].between(0, 1).all()
     assert run.last_adv_pred.shape == run.eval_labels.shape == (SETTINGS["eval_images"],)
+    assert len(run.adv_preds) == 3 and run.adv_preds[-1] is run.last_adv_pred
     assert count.fits == 2 and count.uaps == 3 + 2 * SETTINGS["uaps_per_round"]
     names = sorted(p.name for p in run.folder.iterdir())
     assert names == ["round0", "round1", "round2"]
     assert not (run.folder / "round0" / "model").exists()                  # round 0 is the original model
     assert (run.folder / "round2" / "model" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_each_round_attacks_the_current_model_and_fine_tunes_on_the_half_perturbed_set(small, straight):
+    splits, trained = small
+    _, count = straight
+    k = SETTINGS["uaps_per_round"]
+    first, second = count.fit_models
+    # round 0: the fresh UAP; round 1: k UAPs, fine-tuning, fresh UAP; round 2: the same
+    assert all(m is trained.model for m in count.uap_models[:1 + k])
+    assert count.uap_models[1 + k] is first and all(m is first for m in count.uap_models[2 + k:2 + 2 * k])
+    assert count.uap_models[-1] is second and first is not trained.model
+    for mixed in count.fit_sets:
+        changed = np.any(mixed.images != splits["train"].images, axis=(1, 2, 3))
+        assert 0 < changed.sum() <= len(changed) // 2            # half the images carry a UAP, the rest are clean
+        np.testing.assert_array_equal(mixed.labels, splits["train"].labels)
 
 
 @pytest.mark.slow
