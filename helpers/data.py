@@ -12,6 +12,7 @@ has ``synthetic=True`` and announces itself loudly.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ENV_MEDMNIST_DIR, cache_dir
+from .scales import as_preset
 
 ZENODO_RECORD = "https://zenodo.org/records/10519652/files"
 SIZES = (28, 64, 128, 224)
@@ -218,16 +220,14 @@ def download(info: DatasetInfo, size: int, folder: Path | None = None, timeout: 
     target = folder / info.filename(size)
     partial = target.with_suffix(".part")
     try:
-        from tqdm.auto import tqdm
-        with urllib.request.urlopen(info.url(size), timeout=timeout) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=info.filename(size)) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        _fetch(info.url(size), partial, timeout, info.filename(size))
+    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as error:
         partial.unlink(missing_ok=True)
-        raise DataUnavailableError(_offline_message(info, size, f"download failed ({error})")) from None
+        reason = f"download failed ({type(error).__name__}: {error})"
+        raise DataUnavailableError(_offline_message(info, size, reason)) from None
+    except BaseException:          # interrupted: no half-written file left behind
+        partial.unlink(missing_ok=True)
+        raise
     digest = md5_of(partial)
     if digest != info.md5[size]:
         partial.unlink(missing_ok=True)
@@ -237,24 +237,31 @@ def download(info: DatasetInfo, size: int, folder: Path | None = None, timeout: 
     return target
 
 
+def _fetch(url: str, partial: Path, timeout: float, label: str) -> None:
+    """Stream ``url`` into the file ``partial`` with a progress bar."""
+    from tqdm.auto import tqdm
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=label) as bar:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                bar.update(len(block))
+
+
 def locate(info: DatasetInfo, size: int, root=None, download_missing: bool = True) -> Path:
     """Path of the npz file, downloading it into the cache if it is nowhere on disk.
 
-    A file in the cache whose MD5 is wrong is a broken download: it is fetched again.
-    A file in a folder of the reader's whose MD5 differs is used with a warning.
+    A file whose MD5 differs from the official one (a re-packaged copy the reader put in a
+    folder, the cache included) is used with a warning, never deleted: :func:`download`
+    only moves files with the official MD5 into the cache.
     """
     _check_size(size)
-    cache = cache_dir("medmnist")
     for folder in search_folders(root):
         path = folder / info.filename(size)
         if not path.is_file():
             continue
         if md5_of(path) == info.md5[size]:
             return path
-        if folder.resolve() == cache.resolve():
-            warnings.warn(f"{path} has the wrong MD5 (a broken download?); fetching it again.", stacklevel=2)
-            path.unlink()
-            continue
         warnings.warn(f"{path}: MD5 differs from the official {info.md5[size]}; using it anyway "
                       f"(a re-packaged copy?). Check its origin.", stacklevel=2)
         return path
@@ -265,19 +272,39 @@ def locate(info: DatasetInfo, size: int, root=None, download_missing: bool = Tru
 
 def read_npz(path: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images as float32 (N, H, W, C) in [0, 1] and labels, from a MedMNIST npz file."""
+    images, labels = read_raw(path, info, split)
+    return to_unit_float(images), labels
+
+
+def read_raw(path: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images as stored (uint8, (N, H, W, C)) and labels, from a MedMNIST npz file."""
+    path = Path(path)
     try:
         with np.load(path) as archive:
             images, labels = archive[f"{split}_images"], archive[f"{split}_labels"]
     except KeyError:
-        raise ValueError(f"{path} has no '{split}_images'/'{split}_labels' arrays: not a MedMNIST file?") from None
+        raise ValueError(f"{path} has no '{split}_images'/'{split}_labels' arrays: not a MedMNIST file? "
+                         f"The official file is at {_url_of(info, path)}") from None
     except Exception as error:  # zipfile.BadZipFile, OSError, pickle errors
-        raise ValueError(f"{path} is not a readable npz file ({type(error).__name__}: {error}). "
-                         f"Delete it and download {path.name} again.") from None
-    images = images.astype(np.float32) / 255.0
+        raise ValueError(f"{path} is not a readable npz file ({type(error).__name__}: {error}).\n"
+                         f"  Delete {path} and download it again from {_url_of(info, path)}") from None
     if images.ndim == 3:
         images = images[..., None]
     labels = labels.astype(np.uint8) if info.multilabel else labels.reshape(-1).astype(np.int64)
     return images, labels
+
+
+def to_unit_float(images: np.ndarray) -> np.ndarray:
+    """Stored pixel values (0-255, usually uint8) as float32 in [0, 1]."""
+    scaled = images.astype(np.float32)
+    scaled /= 255.0
+    return scaled
+
+
+def _url_of(info: DatasetInfo, path: Path) -> str:
+    """The official URL of the file named like ``path`` (the Zenodo record if none is)."""
+    sizes = [size for size in SIZES if info.filename(size) == path.name]
+    return info.url(sizes[0]) if sizes else ZENODO_RECORD.rsplit("/", 1)[0]
 
 
 # --------------------------------------------------------------------------- loading
@@ -299,6 +326,15 @@ def load(name: str, split: str = "train", size: int = 28, *, source: str = "auto
         seed: seed of the synthetic stand-in.
         synthetic_count: images in a synthetic split (default: a few thousand at most).
     """
+    stored = _load_stored(name, split, size, source=source, root=root, download=download,
+                          allow_synthetic=allow_synthetic, seed=seed, synthetic_count=synthetic_count,
+                          verbose=verbose)
+    return _as_float(stored)
+
+
+def _load_stored(name, split, size, *, source, root, download, allow_synthetic, seed, synthetic_count,
+                 verbose) -> MedDataset:
+    """:func:`load`, but real images stay uint8 as stored (float32 only after sampling)."""
     info = get_info(name)
     _check_size(size)
     if split not in SPLITS:
@@ -308,7 +344,7 @@ def load(name: str, split: str = "train", size: int = 28, *, source: str = "auto
     if source != "synthetic":
         try:
             path = locate(info, size, root=root, download_missing=download)
-            images, labels = read_npz(path, info, split)
+            images, labels = read_raw(path, info, split)
             return MedDataset(info, split, images, labels, synthetic=False, source=str(path))
         except DataUnavailableError as error:
             if source == "real" or not allow_synthetic:
@@ -321,6 +357,13 @@ def load(name: str, split: str = "train", size: int = 28, *, source: str = "auto
     dataset.notes.append(f"synthetic stand-in: {reason}")
     if verbose:
         print(synthetic_banner(dataset, reason))
+    return dataset
+
+
+def _as_float(dataset: MedDataset) -> MedDataset:
+    """``dataset`` with float32 images in [0, 1] (the stored array is not kept)."""
+    if not dataset.synthetic:                 # synthetic images are float32 in [0, 1] already
+        dataset.images = to_unit_float(dataset.images)
     return dataset
 
 
@@ -388,18 +431,36 @@ def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "a
     Class-balanced subsets for pneumonia and OCT (paper 000: 900/270 and 1,960/840 per
     class, capped by the preset and what the split holds), random oversampling of the
     skin-lesion training set, and the preset's ``max_train``/``max_test`` caps everywhere.
+    ``preset`` is a :class:`~helpers.scales.Preset` or a scale name ("smoke", ...). The
+    images are sampled as stored (uint8) and only the chosen ones are turned into float32.
     """
     info = get_info(name)
+    preset = as_preset(preset)
+    samplers = {"train": lambda d: _sample_train(d, preset, seed),
+                "val": lambda d: cap(d, preset.max_test, seed + 1),
+                "test": lambda d: _sample_test(d, preset, seed + 2)}
     splits = {}
     for split in SPLITS:
-        splits[split] = load(info.key, split, preset.image_size, source=source, root=root,
-                             allow_synthetic=preset.offline_fallback, seed=seed,
-                             synthetic_count=_synthetic_count(info, split, preset), verbose=verbose)
-        verbose = verbose and not splits[split].synthetic  # one banner per dataset is enough
-    splits["train"] = _sample_train(splits["train"], preset, seed)
-    splits["val"] = cap(splits["val"], preset.max_test, seed + 1)
-    splits["test"] = _sample_test(splits["test"], preset, seed + 2)
+        stored = _load_stored(info.key, split, preset.image_size, source=source, root=root, download=True,
+                              allow_synthetic=preset.offline_fallback, seed=seed,
+                              synthetic_count=_synthetic_count(info, split, preset), verbose=verbose)
+        verbose = verbose and not stored.synthetic  # one banner per dataset is enough
+        splits[split] = _as_float(_sampled(stored, samplers[split]))
+        del stored
     return splits
+
+
+def _sampled(dataset: MedDataset, sampler) -> MedDataset:
+    """``sampler`` run on the labels alone, then one copy of the chosen images.
+
+    The sampler sees a dataset whose "images" are the positions 0..N-1, so it picks
+    exactly what it would pick from the images, without moving any pixel.
+    """
+    positions = replace(dataset, images=np.arange(len(dataset)), notes=list(dataset.notes))
+    index = sampler(positions).images
+    if len(index) == len(dataset) and np.array_equal(index, positions.images):
+        return dataset                        # everything, in order: no copy
+    return dataset.subset(index)
 
 
 def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:

@@ -13,6 +13,8 @@ and reads everything else from :func:`get_preset`:
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 
 SCALES = ("smoke", "cpu", "gpu", "paper")
@@ -22,6 +24,10 @@ PAPER_ARCHITECTURES = (
     "inception_v3", "vgg16", "vgg19", "resnet50",
     "inception_resnet_v2", "densenet121", "densenet169",
 )
+
+#: Fields that change what a model learns: overriding any of them gives it another cache key.
+TRAINING_FIELDS = ("epochs", "backbone_epochs", "batch_size", "backbone_input", "train_per_class",
+                   "test_per_class", "max_train", "max_test", "image_size")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,19 @@ class Preset:
         if architecture == "small_cnn" or self.backbone_epochs is None:
             return self.epochs
         return self.backbone_epochs
+
+    def model_tag(self) -> str:
+        """The scale name for the cache keys of trained models, e.g. ``cpu`` or ``cpu-1a2b3c4d``.
+
+        A named preset as shipped gives its name; with any of :data:`TRAINING_FIELDS`
+        overridden, a short hash of those fields is appended, so the model is trained anew.
+        """
+        fields = {name: getattr(self, name) for name in TRAINING_FIELDS}
+        stock = _PRESETS.get(self.name)
+        if stock is not None and fields == {name: getattr(stock, name) for name in TRAINING_FIELDS}:
+            return self.name
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.name}-{digest}"
 
     def describe(self) -> str:
         """One line for a chapter's output."""
@@ -109,6 +128,7 @@ _PRESETS = {
         eval_images=10_000, natural_images=100_000, natural_chunk=1000,
         pixel_images_per_class=100, pixel_population=100, pixel_generations=100,
         retrain_rounds=5, retrain_uaps=10, retrain_epochs=5,
+        uap_eps=0.0024,                  # paper 000 (Methods): the FGSM parameter epsilon was 0.0024
         notes="The papers' full protocol: hours on a GPU.",
     ),
 }
@@ -128,3 +148,13 @@ def get_preset(scale: str, **overrides) -> Preset:
         raise ValueError(f"get_preset: unknown field(s) {sorted(unknown)}; "
                          f"known: {sorted(preset.__dataclass_fields__)}.")
     return replace(preset, **overrides) if overrides else preset
+
+
+def as_preset(preset, parameter: str = "preset") -> Preset:
+    """``preset`` itself, or the preset of a scale name ("smoke", "cpu", "gpu", "paper")."""
+    if isinstance(preset, Preset):
+        return preset
+    if isinstance(preset, str) and preset.lower() in _PRESETS:
+        return _PRESETS[preset.lower()]
+    raise ValueError(f"{parameter}={preset!r} is not a scale preset; pass a scale name "
+                     f"({', '.join(repr(s) for s in SCALES)}) or get_preset(SCALE).")

@@ -4,7 +4,8 @@ Protocol: all layers trained, SGD with momentum 0.9, batch 32, learning rate 1e-
 first 80 % of the epochs, 1e-4 up to 90 %, 1e-5 after (paper: 40/45/50 epochs), random
 rotations of +-5 degrees and random 5 % shifts; the skin-lesion set is oversampled by
 :mod:`helpers.data`. A trained model is saved under a key made of dataset, data kind,
-size, architecture, weights, scale and seed, reloaded by later runs, and never overwritten.
+size, architecture, weights, scale (with a hash of any overridden training setting) and
+seed, reloaded by later runs, and never overwritten.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from .config import cache_dir
+from .data import MedDataset
 from .models import WeightsUnavailableError, get_architecture, model_for
+from .scales import Preset, as_preset
 
 ROTATION_DEGREES = 5.0
 SHIFT_FRACTION = 0.05
@@ -103,6 +106,9 @@ def fit(model: keras.Model, train, val=None, *, epochs: int, batch_size: int = 3
 
     Returns the Keras history: a list of per-epoch values for every loss and metric.
     """
+    _check_dataset(train, "train")
+    if val is not None:
+        _check_dataset(val, "val")
     if epochs < 1:
         raise ValueError(f"epochs={epochs}: train for at least one epoch.")
     set_seed(seed)
@@ -115,6 +121,12 @@ def fit(model: keras.Model, train, val=None, *, epochs: int, batch_size: int = 3
     history = model.fit(data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
                         callbacks=[schedule, TqdmEpochs(epochs, description)])
     return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def _check_dataset(value, parameter: str) -> None:
+    if not isinstance(value, MedDataset):
+        raise ValueError(f"{parameter} must be a helpers.data.MedDataset (e.g. splits['{parameter}'] from "
+                         f"data.load_for_scale), not {type(value).__name__}.")
 
 
 def _optimizer_of(model: keras.Model) -> str:
@@ -140,46 +152,77 @@ class TrainedModel:
 
 
 def model_key(dataset: str, kind: str, size: int, architecture: str, weights: str | None,
-              scale: str, seed: int) -> str:
-    """Cache key, e.g. ``pneumonia-real-28px-small_cnn-scratch-smoke-seed0``."""
-    return f"{dataset}-{kind}-{size}px-{architecture}-{weights or 'scratch'}-{scale}-seed{seed}"
+              scale: str | Preset, seed: int) -> str:
+    """Cache key, e.g. ``pneumonia-real-28px-small_cnn-scratch-smoke-seed0``.
+
+    ``scale`` is a scale name or a :class:`~helpers.scales.Preset`; a preset whose training
+    settings were overridden adds a short hash (``smoke-1a2b3c4d``), so it gets its own models.
+    """
+    tag = scale.model_tag() if isinstance(scale, Preset) else scale
+    return f"{dataset}-{kind}-{size}px-{architecture}-{weights or 'scratch'}-{tag}-seed{seed}"
 
 
 def get_or_train(splits: dict, architecture: str, preset, seed: int = 0, *, weights: str | None = "default",
                  cache: Path | None = None, retrain: bool = False, verbose: bool = True) -> TrainedModel:
     """The cached model for these data/architecture/scale/seed, trained now if absent.
 
-    ``weights="default"`` takes the preset's; if ImageNet weights cannot be downloaded and the
-    preset allows it (smoke, cpu), the model is trained from random initialisation instead and
-    says so. ``retrain=True`` trains again and saves the new model next to the old one (the
-    old one is kept, renamed with a time stamp).
+    ``preset`` is a :class:`~helpers.scales.Preset` or a scale name. ``weights="default"``
+    takes the preset's. The cache is looked up before anything is built or downloaded. If
+    ImageNet weights cannot be downloaded and the preset allows it (smoke, cpu), the model
+    is trained from random initialisation instead (or loaded, if cached) and says so.
+    ``retrain=True`` trains again and saves the new model next to the old one (the old one
+    is kept, renamed with a time stamp).
     """
-    train = splits["train"]
-    info = train.info
+    train = _train_split(splits)
+    preset = as_preset(preset)
     arch = get_architecture(architecture)
     weights = preset.weights if weights == "default" else weights
     if arch.constructor is None:
         weights = None
-    model, weights = _build(info, arch.name, preset, weights, seed, verbose)
-    key = model_key(info.key, "synthetic" if train.synthetic else "real", train.size, arch.name,
-                    weights, preset.name, seed)
-    folder = Path(cache or cache_dir("models")) / key
-    if folder.exists() and not retrain:
+    folder = _folder(cache, train, arch.name, weights, preset, seed)
+    if _is_cached(folder) and not retrain:
         return load_trained(folder, verbose=verbose)
+    model, built = _build(train.info, arch.name, preset, weights, seed, verbose)
+    if built != weights:                       # fell back to random initialisation
+        weights, folder = built, _folder(cache, train, arch.name, built, preset, seed)
+        if _is_cached(folder) and not retrain:
+            return load_trained(folder, verbose=verbose)
+    return _train_and_save(model, splits, arch.name, weights, preset, seed, folder)
+
+
+def _train_split(splits) -> MedDataset:
+    if not isinstance(splits, dict) or not isinstance(splits.get("train"), MedDataset):
+        raise ValueError("splits must be a dict with a 'train' MedDataset (and 'val'), as returned by "
+                         f"data.load_for_scale; got {type(splits).__name__}.")
+    return splits["train"]
+
+
+def _folder(cache, train: MedDataset, architecture: str, weights, preset: Preset, seed: int) -> Path:
+    key = model_key(train.info.key, "synthetic" if train.synthetic else "real", train.size, architecture,
+                    weights, preset, seed)
+    return Path(cache or cache_dir("models")) / key
+
+
+def _is_cached(folder: Path) -> bool:
+    return (folder / "model.keras").is_file()
+
+
+def _train_and_save(model, splits, architecture, weights, preset, seed, folder) -> TrainedModel:
+    train = splits["train"]
     start = time.perf_counter()
-    epochs = preset.epochs_for(arch.name)
+    epochs = preset.epochs_for(architecture)
     history = fit(model, train, splits.get("val"), epochs=epochs, batch_size=preset.batch_size,
-                  seed=seed, description=f"{info.key} / {arch.name}")
-    seconds = time.perf_counter() - start
-    meta = {"key": key, "dataset": info.key, "data": train.kind, "size": train.size,
-            "architecture": arch.name, "weights": weights or "none (random initialisation)",
+                  seed=seed, description=f"{train.info.key} / {architecture}")
+    meta = {"key": folder.name, "dataset": train.info.key, "data": train.kind, "size": train.size,
+            "architecture": architecture, "weights": weights or "none (random initialisation)",
             "scale": preset.name, "seed": seed, "epochs": epochs, "train_images": len(train),
-            "train_seconds": round(seconds, 1), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "train_seconds": round(time.perf_counter() - start, 1), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
     save_trained(model, folder, meta, history)
-    return TrainedModel(model, key, folder, meta, history, from_cache=False)
+    return TrainedModel(model, folder.name, folder, meta, history, from_cache=False)
 
 
 def _build(info, architecture, preset, weights, seed, verbose):
+    """The model and the weights it got: ``None`` after an allowed offline fallback."""
     try:
         model = model_for(info, architecture, preset.image_size, weights, preset.backbone_input, seed)
         return model, weights
@@ -187,7 +230,7 @@ def _build(info, architecture, preset, weights, seed, verbose):
         if not preset.offline_fallback:
             raise
         if verbose:
-            print("!" * 78 + f"\n!! {error}\n!! Scale '{preset.name}': training {architecture} from RANDOM "
+            print("!" * 78 + f"\n!! {error}\n!! Scale '{preset.name}': using {architecture} from RANDOM "
                   f"INITIALISATION instead (no transfer learning).\n" + "!" * 78)
         return model_for(info, architecture, preset.image_size, None, preset.backbone_input, seed), None
 

@@ -1,6 +1,7 @@
 """MedMNIST loading without the network, the papers' sampling, and the synthetic stand-ins."""
 import dataclasses
 import hashlib
+import http.client
 import io
 import os
 import urllib.error
@@ -233,12 +234,15 @@ def test_root_comes_before_medmnist_dir(tmp_path, monkeypatch):
         assert len(load("pneumonia", "test", root=tmp_path / "root")) == 7
 
 
-def test_corrupt_npz_names_the_file(tmp_path, offline):
-    path = tmp_path / "pneumoniamnist.npz"
+def test_corrupt_npz_names_the_file_and_its_url(tmp_path, offline):
+    path = tmp_path / "pneumoniamnist_64.npz"
     path.write_bytes(np.random.default_rng(0).bytes(5000))
     with pytest.warns(UserWarning, match="MD5"), pytest.raises(ValueError) as error:
-        load("pneumonia", root=tmp_path, allow_synthetic=True)
-    assert str(path) in str(error.value) and "not a readable npz" in str(error.value)
+        load("pneumonia", size=64, root=tmp_path, allow_synthetic=True)
+    message = str(error.value)
+    assert "not a readable npz" in message and f"Delete {path} " in message
+    assert get_info("pneumonia").url(64) in message
+    assert path.is_file() and offline == []
 
 
 def test_npz_without_the_split_is_rejected(tmp_path):
@@ -248,21 +252,32 @@ def test_npz_without_the_split_is_rejected(tmp_path):
     assert str(path) in str(error.value)
 
 
-def test_corrupt_file_in_the_cache_is_deleted_and_fetched_again(isolated_course_cache, monkeypatch):
+@pytest.fixture
+def no_download(monkeypatch):
+    """data.download fails the test if called."""
+    def download(*args, **kwargs):
+        raise AssertionError("downloaded although a file was in the cache")
+    monkeypatch.setattr(data, "download", download)
+
+
+def test_readers_copy_in_the_cache_is_kept_used_and_warned_about(isolated_course_cache, no_download):
+    cached = write_fake_npz(isolated_course_cache / "medmnist")      # a re-packaged copy: not the official MD5
+    before = cached.read_bytes()
+    with pytest.warns(UserWarning, match=r"MD5 differs.*using it anyway") as caught:
+        train = load("pneumonia", "train", source="real")
+    assert str(cached) in str(caught[0].message)
+    assert not train.synthetic and train.source == str(cached) and len(train) == SPLIT_SIZES["train"]
+    assert cached.read_bytes() == before                              # kept as it was
+
+
+def test_corrupt_file_in_the_cache_is_kept_and_named(isolated_course_cache, no_download):
     cached = isolated_course_cache / "medmnist" / "pneumoniamnist.npz"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"half a download")
-    calls = []
-
-    def fake_download(info, size, *args, **kwargs):
-        calls.append((info.key, size, cached.exists()))
-        raise DataUnavailableError("offline (test)")
-
-    monkeypatch.setattr(data, "download", fake_download)
-    with pytest.warns(UserWarning, match="wrong MD5"), pytest.raises(DataUnavailableError, match="test"):
+    with pytest.warns(UserWarning, match="MD5"), pytest.raises(ValueError) as error:
         load("pneumonia", "train", source="real")
-    assert calls == [("pneumonia", 28, False)]     # deleted before the new download
-    assert not cached.exists()
+    assert f"Delete {cached} " in str(error.value) and get_info("pneumonia").url(28) in str(error.value)
+    assert cached.read_bytes() == b"half a download"                  # the reader deletes it, not the course
 
 
 # --------------------------------------------------------------------------- download
@@ -292,6 +307,24 @@ def test_load_downloads_a_missing_file_once_then_uses_the_cache(tmp_path, serve,
     assert (len(train), len(test)) == (30, 18) and not train.synthetic
     assert len(requested) == 1                            # the second split came from the cache
     assert not [w for w in recwarn if "MD5" in str(w.message)]   # the official file: no warning
+
+
+class BrokenResponse(FakeResponse):
+    """A response whose connection breaks after the first block."""
+
+    def read(self, *args):
+        if self.tell():
+            raise http.client.IncompleteRead(b"", 1000)
+        return super().read(*args)
+
+
+def test_broken_connection_gives_the_offline_message_and_leaves_nothing_behind(
+        monkeypatch, isolated_course_cache):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: BrokenResponse(b"x" * 100))
+    with pytest.raises(DataUnavailableError, match="IncompleteRead") as error:
+        data.download(get_info("pneumonia"), 28)
+    assert get_info("pneumonia").url(28) in str(error.value)
+    assert list((isolated_course_cache / "medmnist").iterdir()) == []
 
 
 def test_download_with_wrong_md5_leaves_nothing_behind(tmp_path, serve, isolated_course_cache):
@@ -392,6 +425,45 @@ def test_load_for_scale_oversamples_derma_within_max_train():
     assert counts.max() - counts.min() <= 2 and counts.min() > 0         # balanced
     test_counts = splits["test"].class_counts()
     assert test_counts[5] > 5 * test_counts[3] and len(splits["test"]) <= smoke.max_test  # test stays imbalanced
+
+
+def test_load_for_scale_accepts_a_scale_name():
+    by_name = load_for_scale("oct", "smoke", seed=1, source="synthetic", verbose=False)
+    by_preset = load_for_scale("oct", get_preset("smoke"), seed=1, source="synthetic", verbose=False)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(by_name[split].labels, by_preset[split].labels)
+        np.testing.assert_array_equal(by_name[split].images, by_preset[split].images)
+
+
+@pytest.mark.parametrize("preset", ["huge", None, 28, {"image_size": 28}])
+def test_load_for_scale_rejects_what_is_not_a_preset(preset, offline):
+    with pytest.raises(ValueError, match="preset=") as error:
+        load_for_scale("pneumonia", preset, source="synthetic", verbose=False)
+    assert "smoke" in str(error.value) and offline == []
+
+
+def test_load_for_scale_converts_only_the_sampled_images(tmp_path, monkeypatch, recwarn):
+    write_fake_npz(tmp_path, "oct", sizes={"train": 400, "val": 100, "test": 200})
+    preset = get_preset("smoke", train_per_class=10, test_per_class=5, max_test=30)
+    converted = []
+    to_unit_float = data.to_unit_float
+
+    def spy(images):
+        converted.append(len(images))
+        return to_unit_float(images)
+
+    monkeypatch.setattr(data, "to_unit_float", spy)
+    splits = load_for_scale("oct", preset, seed=4, root=tmp_path, source="real", verbose=False)
+    assert converted == [40, 30, 20]                       # never the whole split
+    for split, sample in splits.items():
+        assert sample.images.dtype == np.float32 and sample.images.max() <= 1.0
+        full = load("oct", split, root=tmp_path)          # the same sample as from the float images
+        sampler = {"train": lambda d: data._sample_train(d, preset, 4),
+                   "val": lambda d: cap(d, preset.max_test, 5),
+                   "test": lambda d: data._sample_test(d, preset, 6)}[split]
+        expected = sampler(full)
+        np.testing.assert_array_equal(sample.images, expected.images)
+        np.testing.assert_array_equal(sample.labels, expected.labels)
 
 
 def test_load_for_scale_prints_one_banner_per_dataset(capsys):

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from helpers.scales import PAPER_ARCHITECTURES, SCALES, Preset, get_preset
+from helpers.scales import PAPER_ARCHITECTURES, SCALES, TRAINING_FIELDS, Preset, as_preset, get_preset
 
 
 def test_every_scale_has_a_preset_of_that_name():
@@ -72,6 +72,7 @@ def test_paper_follows_paper_000():
     assert paper.weights == "imagenet" and not paper.offline_fallback
     assert paper.uap_i_max == 15 and paper.retrain_rounds == 5 and paper.retrain_epochs == 5
     assert paper.max_train is None and paper.train_per_class is None   # no caps: the papers' own subsets
+    assert paper.uap_eps == 0.0024                                     # paper 000, Methods: FGSM eps
 
 
 def test_scales_grow_from_smoke_to_paper():
@@ -79,3 +80,28 @@ def test_scales_grow_from_smoke_to_paper():
     sizes = [p.image_size for p in presets]
     epochs = [p.epochs for p in presets]
     assert sizes == sorted(sizes) and epochs[0] < epochs[-1]
+
+
+def test_as_preset_takes_presets_and_scale_names():
+    custom = get_preset("cpu", epochs=3)
+    assert as_preset(custom) is custom
+    assert as_preset("gpu") == get_preset("gpu") and as_preset("Paper") == get_preset("paper")
+
+
+@pytest.mark.parametrize("value", ["huge", None, 28, {"name": "smoke"}])
+def test_as_preset_rejects_other_values_naming_the_parameter(value):
+    with pytest.raises(ValueError, match="preset=") as error:
+        as_preset(value)
+    assert "'smoke'" in str(error.value) and "get_preset" in str(error.value)
+    with pytest.raises(ValueError, match="scale="):
+        as_preset(value, parameter="scale")
+
+
+def test_model_tag_is_the_name_unless_a_training_field_is_overridden():
+    for scale in SCALES:
+        assert get_preset(scale).model_tag() == scale
+    assert get_preset("smoke", uap_eps=0.1, zeta_grid=(0.5,), notes="x").model_tag() == "smoke"
+    tags = {field: get_preset("smoke", **{field: 7}).model_tag() for field in TRAINING_FIELDS}
+    assert len(set(tags.values())) == len(TRAINING_FIELDS)
+    assert all(tag.startswith("smoke-") and len(tag) == len("smoke-") + 8 for tag in tags.values())
+    assert get_preset("smoke", epochs=7).model_tag() == tags["epochs"]

@@ -65,6 +65,13 @@ def test_one_epoch_trains_at_the_base_rate():
 
 # --------------------------------------------------------------------------- fit, augmentation, keys
 
+@pytest.mark.parametrize("train", [np.zeros((4, 28, 28, 1)), None, "splits"])
+def test_fit_rejects_what_is_not_a_dataset(train):
+    model = build_model("small_cnn", (28, 28, 1), 2, weights=None)
+    with pytest.raises(ValueError, match="train must be a helpers.data.MedDataset"):
+        fit(model, train, epochs=1)
+
+
 def test_fit_needs_at_least_one_epoch():
     model = build_model("small_cnn", (28, 28, 1), 2, weights=None)
     train = data.load("pneumonia", "train", source="synthetic", synthetic_count=8, verbose=False)
@@ -101,13 +108,122 @@ def test_model_key_format():
         "oct-synthetic-64px-inception_v3-imagenet-gpu-seed3"
 
 
+def test_model_key_tells_overridden_training_settings_apart():
+    def key(preset):
+        return model_key("pneumonia", "real", 28, "small_cnn", None, preset, 0)
+
+    for scale in ("smoke", "cpu", "gpu", "paper"):                # the shipped presets keep their keys
+        assert key(get_preset(scale)) == key(scale) == f"pneumonia-real-28px-small_cnn-scratch-{scale}-seed0"
+    assert key(get_preset("cpu", uap_eps=0.02, eval_images=10)) == key("cpu")   # attack settings: same model
+    assert key(get_preset("cpu", epochs=25)) == key("cpu")                       # the preset's own value
+    longer, shorter = key(get_preset("cpu", epochs=50)), key(get_preset("cpu", epochs=5))
+    assert len({longer, shorter, key("cpu")}) == 3
+    assert longer.startswith("pneumonia-real-28px-small_cnn-scratch-cpu-") and longer.endswith("-seed0")
+    assert key(get_preset("cpu", epochs=50)) == longer                          # repeatable
+    for field, value in [("backbone_epochs", 9), ("batch_size", 8), ("backbone_input", 96),
+                         ("train_per_class", 10), ("test_per_class", 10), ("max_train", 10),
+                         ("max_test", 10), ("image_size", 64)]:
+        assert key(get_preset("cpu", **{field: value})) not in (key("cpu"), longer), field
+
+
+# --------------------------------------------------------------------------- the cache before the build
+
+def small_model():
+    return keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(2, activation="softmax")])
+
+
+@pytest.fixture
+def offline_builds(monkeypatch):
+    """training.model_for raises WeightsUnavailableError for ImageNet weights; returns the weights asked for."""
+    asked = []
+
+    def model_for(info, architecture, size, weights=None, *args, **kwargs):
+        asked.append(weights)
+        if weights is not None:
+            raise WeightsUnavailableError("Could not download the ImageNet weights (test)")
+        return small_model()
+
+    monkeypatch.setattr(training, "model_for", model_for)
+    return asked
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """training.fit records its calls instead of training."""
+    calls = []
+
+    def fake_fit(model, train, *args, **kwargs):
+        calls.append(kwargs.get("epochs"))
+        return {"loss": [0.5]}
+
+    monkeypatch.setattr(training, "fit", fake_fit)
+    return calls
+
+
+def synthetic_splits():
+    return {"train": data.load("pneumonia", "train", source="synthetic", synthetic_count=32, verbose=False)}
+
+
+def save_as(cache, key, meta=None):
+    training.save_trained(small_model(), cache / key, {"key": key, **(meta or {})}, {"loss": [0.1]})
+
+
+@pytest.mark.parametrize("scale", ["gpu", "cpu"])
+def test_cached_imagenet_model_is_loaded_without_building(scale, tmp_path, offline_builds, fits):
+    splits, cache = synthetic_splits(), tmp_path / "models"
+    key = model_key("pneumonia", "synthetic", 28, "mobilenet_v2", "imagenet", scale, 0)
+    save_as(cache, key, {"weights": "imagenet"})
+    trained = get_or_train(splits, "mobilenet_v2", scale, cache=cache, verbose=False)
+    assert trained.from_cache and trained.key == key and trained.meta["weights"] == "imagenet"
+    assert offline_builds == [] and fits == []           # nothing built, downloaded or trained
+    assert sorted(p.name for p in cache.iterdir()) == [key]
+
+
+def test_offline_fallback_trains_once_under_the_scratch_key_then_loads_it(tmp_path, offline_builds, fits, capsys):
+    splits, cache = synthetic_splits(), tmp_path / "models"
+    first = get_or_train(splits, "mobilenet_v2", "cpu", cache=cache)
+    assert "RANDOM INITIALISATION" in capsys.readouterr().out
+    assert first.key == "pneumonia-synthetic-28px-mobilenet_v2-scratch-cpu-seed0" and not first.from_cache
+    assert offline_builds == ["imagenet", None] and fits == [get_preset("cpu").backbone_epochs]
+    again = get_or_train(splits, "mobilenet_v2", "cpu", cache=cache, verbose=False)
+    assert again.from_cache and again.key == first.key
+    assert fits == [get_preset("cpu").backbone_epochs]  # not trained again
+    assert sorted(p.name for p in cache.iterdir()) == [first.key]
+
+
+def test_strict_scale_offline_without_a_cached_model_raises(tmp_path, offline_builds, fits):
+    with pytest.raises(WeightsUnavailableError, match="ImageNet"):
+        get_or_train(synthetic_splits(), "mobilenet_v2", get_preset("gpu"), cache=tmp_path / "models")
+    assert fits == [] and not (tmp_path / "models").exists()
+
+
+def test_get_or_train_takes_a_scale_name(tmp_path, fits):
+    cache = tmp_path / "models"
+    save_as(cache, "pneumonia-synthetic-28px-small_cnn-scratch-smoke-seed0")
+    trained = get_or_train(synthetic_splits(), "small_cnn", "smoke", cache=cache, verbose=False)
+    assert trained.from_cache and fits == []
+
+
+@pytest.mark.parametrize("preset, splits, parameter", [
+    ("tiny", None, "preset="), (28, None, "preset="), ("smoke", "pneumonia", "splits must"),
+    ("smoke", {"test": None}, "splits must"),
+])
+def test_get_or_train_rejects_bad_arguments(preset, splits, parameter, tmp_path, fits):
+    with pytest.raises(ValueError, match=parameter):
+        get_or_train(synthetic_splits() if splits is None else splits, "small_cnn", preset, cache=tmp_path)
+    assert fits == [] and list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- the model cache
 
 @pytest.mark.slow
 def test_get_or_train_trains_and_saves_under_its_key(trained_tiny):
     splits, trained = trained_tiny
     assert not trained.from_cache
-    assert trained.key == "pneumonia-synthetic-28px-small_cnn-scratch-smoke-seed0"
+    assert trained.key == model_key("pneumonia", "synthetic", 28, "small_cnn", None, TINY, 0)
+    assert trained.key.startswith("pneumonia-synthetic-28px-small_cnn-scratch-smoke-")   # TINY overrides smoke
+    assert trained.key != "pneumonia-synthetic-28px-small_cnn-scratch-smoke-seed0"
     assert trained.path.name == trained.key
     assert sorted(p.name for p in trained.path.iterdir()) == ["history.json", "meta.json", "model.keras"]
     meta = trained.meta
@@ -188,12 +304,15 @@ def test_offline_imagenet_falls_back_to_random_initialisation(monkeypatch, tmp_p
     trained = get_or_train(splits, "mobilenet_v2", lenient, cache=tmp_path / "models")
     out = capsys.readouterr().out
     assert "RANDOM INITIALISATION" in out and "Could not download the ImageNet weights" in out
-    assert trained.key == "pneumonia-synthetic-28px-mobilenet_v2-scratch-cpu-seed0"
+    assert trained.key == model_key("pneumonia", "synthetic", 28, "mobilenet_v2", None, lenient, 0)
     assert trained.meta["weights"] == "none (random initialisation)"
     assert not trained.from_cache and len(trained.history["loss"]) == 1 and trained.model.run_eagerly
     assert trained.model.get_layer("resize").output.shape[1:3] == (32, 32)
     assert (tmp_path / "models" / trained.key / "model.keras").is_file()
     assert predict_labels(trained.model, train.images[:4]).shape == (4,)
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: pytest.fail("trained again offline"))
+    again = get_or_train(splits, "mobilenet_v2", lenient, cache=tmp_path / "models", verbose=False)
+    assert again.from_cache and again.key == trained.key      # offline again: the random-init model reloaded
 
 
 # --------------------------------------------------------------------------- acceptance (real data)
