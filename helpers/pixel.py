@@ -7,14 +7,17 @@ values are in [0, 1], the stored image range. A candidate is an array (k, 2 + C)
 
 Differential evolution as in the paper: population 100, mutation
 ``child_i = parent_r1 + F (parent_r2 - parent_r3)`` with F = 0.5 and r1, r2, r3 distinct and
-different from i (drawn afresh for every child and generation), no crossover, children clipped
-to the bounds, pairwise selection (a child replaces its parent only if strictly fitter), at
-most 100 generations, and an early stop per image once ``early_stop`` (1 %) of its population
-is successful (or of the children of a generation: "of the adversarial images generated in that
-iteration"; a successful child that loses its pairwise selection is kept as the result). Every
-generation builds the candidate images of all images still running with
-NumPy fancy indexing and evaluates them in one batched model call (split into chunks of
-``batch_size`` images to bound memory).
+different from i (drawn afresh for every child and generation), no crossover, pairwise selection
+(a child replaces its parent only if strictly fitter), at most 100 generations, and an early stop
+per image once ``early_stop`` (1 %) of its population is successful (or of the children of a
+generation: "of the adversarial images generated in that iteration"; a successful child that
+loses its pairwise selection is kept as the result). A child's value that falls outside the
+bounds is replaced by a uniform random value within them, as SciPy's ``differential_evolution``
+(on which Su et al.'s attack and ART's ``PixelAttack`` build) does: clipping instead would pile
+children onto the image border. Every generation builds the candidate images of all images still
+running with NumPy fancy indexing and evaluates them in one batched model call, split into chunks
+of ``batch_size`` candidate images to bound memory (by default :func:`default_batch_size`: about
+2**24 input values per chunk, between 32 and 4096 images - 4096 of 28 x 28 px, 111 of 224 x 224 x 3).
 
 Fitness (higher is fitter internally):
 
@@ -49,10 +52,12 @@ MAX_PIXELS = 3          # the paper attacks with 1, 2 and 3 pixels
 DELTA = 1e-5            # equations 3-4: keeps the cosine similarity's denominator positive
 GAMMA = 0.5             # a finding is present when its sigmoid output is > GAMMA
 NORMAL = "Normal"       # name of the empty label set (no finding)
+VALUES_PER_CALL = 2 ** 24   # default chunk: about this many input values per model call ...
+MIN_BATCH, MAX_BATCH = 32, 4096   # ... and between these many images
 
 __all__ = [
     "PixelAttackResult", "pixel_attack", "random_pixels",
-    "pixel_bounds", "random_population", "apply_pixels", "draw_donors", "mutate", "select",
+    "pixel_bounds", "random_population", "apply_pixels", "default_batch_size", "draw_donors", "mutate", "select",
     "cosine_similarity", "fitness", "is_success",
     "success_rate_table", "transformation_table", "transform_ratio", "conversion_table", "avg_cl",
     "label_set_names", "label_set_table", "finding_counts", "findings_per_image", "report",
@@ -102,14 +107,23 @@ def apply_pixels(images, pixels) -> np.ndarray:
         raise ValueError(f"pixels has shape {pixels.shape}; expected ({n}, ..., k, {2 + channels}) "
                          f"for images of shape {images.shape}.")
     extra, k = pixels.shape[1:-2], pixels.shape[-2]
-    flat = pixels.reshape(n, -1, k, 2 + channels)                          # (A, E, k, 2 + C)
-    out = np.repeat(images[:, None], flat.shape[1], axis=1)                # (A, E, H, W, C)
-    cols = np.clip(np.floor(flat[..., 0]).astype(np.intp), 0, width - 1)   # (A, E, k)
-    rows = np.clip(np.floor(flat[..., 1]).astype(np.intp), 0, height - 1)
-    a = np.arange(n)[:, None, None]
-    e = np.arange(flat.shape[1])[None, :, None]
-    out[a, e, rows, cols] = flat[..., 2:]                                  # (A, E, k, C) values
+    flat = pixels.reshape(-1, k, 2 + channels)                             # (A E, k, 2 + C)
+    out = np.repeat(images[:, None], math.prod(extra), axis=1).reshape(-1, height, width, channels)   # (A E, H, W, C)
+    _paint(out, flat)
     return out.reshape(n, *extra, height, width, channels)
+
+
+def _paint(batch, pixels) -> None:
+    """Set, in place, the pixels (M, k, 2 + C) of the candidate images ``batch`` (M, H, W, C).
+
+    Pixel j is written after pixel j - 1, so the later one wins on a shared position.
+    """
+    height, width = batch.shape[1:3]
+    cols = np.clip(np.floor(pixels[..., 0]).astype(np.intp), 0, width - 1)    # (M, k)
+    rows = np.clip(np.floor(pixels[..., 1]).astype(np.intp), 0, height - 1)
+    m = np.arange(len(batch))
+    for j in range(pixels.shape[1]):
+        batch[m, rows[:, j], cols[:, j]] = pixels[:, j, 2:]
 
 
 # --------------------------------------------------------------------------- differential evolution
@@ -132,14 +146,20 @@ def draw_donors(rng: np.random.Generator, n_images: int, population: int) -> np.
     return np.stack([r + (r >= i) for r in (r1, r2, r3)])
 
 
-def mutate(population, F: float, donors, lower, upper) -> np.ndarray:
-    """Children ``clip(pop[r1] + F (pop[r2] - pop[r3]), lower, upper)``; no crossover.
+def mutate(rng: np.random.Generator, population, F: float, donors, lower, upper) -> np.ndarray:
+    """Children ``pop[r1] + F (pop[r2] - pop[r3])``, no crossover; out-of-bounds values redrawn.
 
     population: (A, P, k, 2 + C); donors: (3, A, P) from :func:`draw_donors`; lower, upper: (k, 2 + C).
+    Every value outside [lower, upper] is replaced by a uniform random one within (as SciPy's
+    ``differential_evolution``), so that no position is favoured. Returns (A, P, k, 2 + C).
     """
     a = np.arange(population.shape[0])[:, None]
     r1, r2, r3 = (population[a, r] for r in donors)
-    return np.clip(r1 + F * (r2 - r3), lower, upper)
+    children = r1 + F * (r2 - r3)
+    outside = (children < lower) | (children > upper)
+    low, span = (np.broadcast_to(b, children.shape)[outside] for b in (lower, upper - lower))
+    children[outside] = low + rng.random(low.shape) * span
+    return children
 
 
 def select(parents, parent_scores, children, child_scores):
@@ -240,7 +260,7 @@ class PixelAttackResult:
 
 def pixel_attack(model, images, *, pixels: int = 1, target=None, population: int = 100,
                  generations: int = 100, F: float = 0.5, early_stop: float | None = 0.01, seed: int = 0,
-                 batch_size: int = 4096, progress: bool = True) -> PixelAttackResult:
+                 batch_size: int | None = None, progress: bool = True) -> PixelAttackResult:
     """The k-pixel attack of paper 004 by differential evolution, on all ``images`` at once.
 
     Args:
@@ -255,8 +275,9 @@ def pixel_attack(model, images, *, pixels: int = 1, target=None, population: int
         F: mutation factor, in (0, 2].
         early_stop: an image stops once at least this fraction of its population, or of the
             children of a generation, succeeds (at least one); None: always run all generations.
-        seed: seeds the NumPy generator (initial population and donors).
-        batch_size: candidate images per model call.
+        seed: seeds the NumPy generator (initial population, donors, redrawn values).
+        batch_size: candidate images per model call; None: :func:`default_batch_size` of the
+            image shape. It bounds memory only: the result does not depend on it.
         progress: show a progress bar over the generations.
     """
     _check_pixels(pixels)
@@ -272,7 +293,7 @@ def pixel_attack(model, images, *, pixels: int = 1, target=None, population: int
 
 
 def random_pixels(model, images, *, pixels: int = 1, target=None, tries: int = 1, seed: int = 0,
-                  batch_size: int = 4096) -> PixelAttackResult:
+                  batch_size: int | None = None) -> PixelAttackResult:
     """The random control: k random pixels set to random values in [0, 1], no search.
 
     ``tries`` random candidates per image (default 1); the fittest one is kept (a successful one
@@ -291,7 +312,7 @@ def _run(model, images, pixels, target, population, generations, F, early_stop, 
     images = check_images(images, model)
     if len(images) == 0:
         raise ValueError("images is empty: give at least one image to attack.")
-    _check_count("batch_size", batch_size, 1, "give a positive number of images per model call.")
+    batch_size = _batch_size(batch_size, images.shape[1:])
     target = _check_target(target, multilabel, len(images), int(model.output_shape[-1]))
     clean = _predict(model, images, batch_size)
     original = (clean > GAMMA).astype(np.uint8) if multilabel else clean.argmax(axis=1)
@@ -333,7 +354,7 @@ def _evolve(model, images, pixels, reference, targeted, multilabel, population, 
             active = np.flatnonzero(~done)
             if active.size == 0:
                 break
-            children = mutate(pop[active], F, draw_donors(rng, active.size, population), lower, upper)
+            children = mutate(rng, pop[active], F, draw_donors(rng, active.size, population), lower, upper)
             child_scores, child_wins = _evaluate(model, images[active], children, reference[active],
                                                  targeted, multilabel, batch_size)
             pop[active], scores[active], replaced = select(pop[active], scores[active], children, child_scores)
@@ -354,14 +375,18 @@ def _evolve(model, images, pixels, reference, targeted, multilabel, population, 
 
 
 def _evaluate(model, images, population, reference, targeted, multilabel, batch_size):
-    """Scores and successes (A, P) of the candidates (A, P, k, 2 + C): one chunked model call."""
+    """Scores and successes (A, P) of the candidates (A, P, k, 2 + C): one chunked model call.
+
+    Each chunk is one copy of its images (``batch_size`` of them), painted in place.
+    """
     n, size = population.shape[:2]
     flat = population.reshape(n * size, *population.shape[2:])
     owner = np.repeat(np.arange(n), size)
     outputs = []
     for start in range(0, n * size, batch_size):
         part = slice(start, start + batch_size)
-        batch = apply_pixels(images[owner[part]], flat[part][:, None])[:, 0]
+        batch = images[owner[part]]                 # (M, H, W, C), a copy
+        _paint(batch, flat[part])
         outputs.append(_forward(model)(batch))
     outputs = np.concatenate(outputs).reshape(n, size, -1)
     return (fitness(outputs, reference, targeted=targeted, multilabel=multilabel),
@@ -392,6 +417,22 @@ def _forward(model):
 
 def _predict(model, images, batch_size) -> np.ndarray:
     return np.concatenate([_forward(model)(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def default_batch_size(shape) -> int:
+    """Candidate images per model call for images of ``shape`` (H, W, C): about 2**24 input values.
+
+    Clipped to [32, 4096]: 4096 for 28 x 28 px (grey or colour), 1365 for 64 x 64 x 3, 111 for 224 x 224 x 3.
+    """
+    return int(np.clip(VALUES_PER_CALL // math.prod(shape), MIN_BATCH, MAX_BATCH))
+
+
+def _batch_size(batch_size, shape) -> int:
+    if batch_size is None:
+        return default_batch_size(shape)
+    _check_count("batch_size", batch_size, 1, "give a positive number of images per model call, or None "
+                 "(chosen from the image size).")
+    return int(batch_size)
 
 
 def _confidence(proba, predicted, multilabel) -> np.ndarray:
@@ -553,6 +594,8 @@ def avg_cl(confidence, success) -> float:
     """AvgCL (equation 8): mean confidence of the successful adversarial images (NaN if none).
 
     Pass ``result.final_confidence``: the confidence of the resulting (targeted: the target) class.
+    For a multi-label result it is the cosine similarity (equation 3) of the resulting set and the
+    outputs, in [-1, 1], not a class confidence.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     success = _check_success(success, len(confidence))
@@ -598,8 +641,9 @@ def findings_per_image(final, success) -> pd.Series:
 def report(result: PixelAttackResult, info, names: Sequence[str] | None = None) -> dict[str, object]:
     """The paper's tables for one attack on a :class:`~helpers.data.DatasetInfo` dataset.
 
-    Keys: "success rate", "conversion", "AvgCL", and "transformation" and "transform ratio"
-    (single-label) or "label sets", "findings" and "findings per image" (multi-label).
+    Keys: "success rate", "conversion", "AvgCL" (multi-label: mean cosine similarity, see
+    :func:`avg_cl`), and "transformation" and "transform ratio" (single-label) or "label sets",
+    "findings" and "findings per image" (multi-label).
     ``names`` default to ``info.short_names``.
     """
     names = list(names or info.short_names)
@@ -637,6 +681,9 @@ def images_per_class(model, dataset, per_class: int, classes=None, seed: int = 0
 
     if dataset.info.multilabel:
         raise ValueError(f"images_per_class: {dataset.info.key!r} is multi-label; use images_per_label_set.")
+    if is_multilabel(model):
+        raise ValueError(f"images_per_class: the model is multi-label (sigmoid outputs) but {dataset.info.key!r} "
+                         f"is single-label; pass the softmax model trained on {dataset.info.key!r}.")
     _check_per("per_class", per_class)
     classes = range(dataset.info.n_classes) if classes is None else classes
     correct = predict_labels(model, dataset.images) == dataset.labels
@@ -660,22 +707,26 @@ def frequent_label_sets(labels, count: int = 5) -> np.ndarray:
     return sets[order[:count]]
 
 
-def images_per_label_set(model, dataset, sets, per_set: int, seed: int = 0,
-                         correct_only: bool = True) -> dict[str, np.ndarray]:
+def images_per_label_set(model, dataset, sets, per_set: int, seed: int = 0, correct_only: bool = True,
+                         batch_size: int | None = None) -> dict[str, np.ndarray]:
     """Indices of up to ``per_set`` images whose true label set equals each of ``sets``.
 
     ``sets``: (S, L) 0/1 label sets; keys of the result are their names ("Normal", "INFI", ...).
     ``correct_only``: only images whose predicted set is also that set (exactly); set it to False
     for a model that rarely predicts whole sets exactly - the attack then changes whatever set
-    the model predicts for the image.
+    the model predicts for the image. ``batch_size``: images per model call (None: from the image size).
     """
     if not dataset.info.multilabel:
         raise ValueError(f"images_per_label_set: {dataset.info.key!r} is single-label; use images_per_class.")
+    if not is_multilabel(model):
+        raise ValueError(f"images_per_label_set: the model is single-label (softmax) but {dataset.info.key!r} is "
+                         f"multi-label; pass a model with one sigmoid output per finding.")
     _check_per("per_set", per_set)
     sets = np.asarray(sets)
     if sets.ndim != 2 or sets.shape[1] != dataset.info.n_classes:
         raise ValueError(f"sets has shape {sets.shape}; expected (S, {dataset.info.n_classes}) label sets.")
-    predicted = (_predict(model, check_images(dataset.images, model), 4096) > GAMMA).astype(np.uint8)
+    images = check_images(dataset.images, model)
+    predicted = (_predict(model, images, _batch_size(batch_size, images.shape[1:])) > GAMMA).astype(np.uint8)
     rng = np.random.default_rng(seed)
     names = label_set_names(sets, dataset.info.short_names)
     out = {}

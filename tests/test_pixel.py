@@ -117,29 +117,49 @@ def test_mutation_without_crossover_equals_the_formula():
     population = np.array([[[[1.0, 1.0, 0.2]], [[2.0, 3.0, 0.4]], [[0.0, 1.0, 0.8]], [[3.0, 0.0, 0.1]]]])
     donors = np.array([[[1, 0, 1, 0]], [[2, 3, 0, 1]], [[3, 2, 2, 2]]])   # (r1, r2, r3) x (A=1, P=4)
     lower, upper = pixel.pixel_bounds((4, 4, 1), 1)
-    children = pixel.mutate(population, 0.5, donors, lower, upper)
+    children = pixel.mutate(np.random.default_rng(0), population, 0.5, donors, lower, upper)
     # child 0: p1 + 0.5 (p2 - p3) = (2, 3, 0.4) + 0.5 (-3, 1, 0.7) = (0.5, 3.5, 0.75)
     np.testing.assert_allclose(children[0, 0, 0], [0.5, 3.5, 0.75])
-    # child 1: p0 + 0.5 (p3 - p2) = (1, 1, 0.2) + 0.5 (3, -1, -0.7) = (2.5, 0.5, -0.15) -> intensity clipped to 0
-    np.testing.assert_allclose(children[0, 1, 0], [2.5, 0.5, 0.0])
+    # child 1: p0 + 0.5 (p3 - p2) = (1, 1, 0.2) + 0.5 (3, -1, -0.7) = (2.5, 0.5, -0.15): the intensity is
+    # out of bounds and redrawn in [0, 1] (not clipped to 0), the position is kept
+    np.testing.assert_allclose(children[0, 1, 0, :2], [2.5, 0.5])
+    assert 0.0 < children[0, 1, 0, 2] <= 1.0
     # child 2: p1 + 0.5 (p0 - p2) = (2, 3, 0.4) + 0.5 (1, 0, -0.6) = (2.5, 3, 0.1)
     np.testing.assert_allclose(children[0, 2, 0], [2.5, 3.0, 0.1])
-    # child 3: p0 + 0.5 (p1 - p2) = (1, 1, 0.2) + 0.5 (2, 2, -0.4) = (2, 2, 0)
+    # child 3: p0 + 0.5 (p1 - p2) = (1, 1, 0.2) + 0.5 (2, 2, -0.4) = (2, 2, 0): on the bound, kept
     np.testing.assert_allclose(children[0, 3, 0], [2.0, 2.0, 0.0], atol=1e-12)
 
 
-def test_mutation_matches_the_formula_on_random_populations_and_clips():
+def test_mutation_matches_the_formula_inside_the_bounds_and_redraws_outside():
     rng = np.random.default_rng(1)
     population = pixel.random_population(rng, 3, 6, (5, 7, 3), 2)
     donors = pixel.draw_donors(rng, 3, 6)
     lower, upper = pixel.pixel_bounds((5, 7, 3), 2)
-    children = pixel.mutate(population, 0.9, donors, lower, upper)
-    for a in range(3):
-        for i in range(6):
-            r1, r2, r3 = donors[:, a, i]
-            raw = population[a, r1] + 0.9 * (population[a, r2] - population[a, r3])
-            np.testing.assert_allclose(children[a, i], np.clip(raw, lower, upper))
+    children = pixel.mutate(rng, population, 0.9, donors, lower, upper)
+    a = np.arange(3)[:, None]
+    raw = population[a, donors[0]] + 0.9 * (population[a, donors[1]] - population[a, donors[2]])
+    inside = (raw >= lower) & (raw <= upper)
+    assert inside.any() and not inside.all()
+    np.testing.assert_array_equal(children[inside], raw[inside])
     assert np.all(children >= lower) and np.all(children <= upper)
+    clipped = np.clip(raw, lower, upper)
+    assert np.all(children[~inside] != clipped[~inside])     # redrawn, not clipped onto the bound
+
+
+def test_first_generation_children_are_spread_over_all_columns():
+    """Out-of-bounds children are redrawn uniformly: no pile-up on the border columns."""
+    rng = np.random.default_rng(0)
+    shape = (28, 28, 1)
+    population = pixel.random_population(rng, 200, 100, shape, 1)
+    lower, upper = pixel.pixel_bounds(shape, 1)
+    children = pixel.mutate(rng, population, 0.5, pixel.draw_donors(rng, 200, 100), lower, upper)
+    assert np.all(children >= lower) and np.all(children <= upper)
+    columns = np.bincount(np.floor(children[..., 0]).astype(int).ravel(), minlength=28) / children[..., 0].size
+    rows = np.bincount(np.floor(children[..., 1]).astype(int).ravel(), minlength=28) / children[..., 1].size
+    assert len(columns) == len(rows) == 28
+    for share in (columns, rows):                # uniform: 1/28 = 3.6 % each; clipping gave ~10 % at the borders
+        assert share[0] < 0.06 and share[-1] < 0.06
+        assert share.min() > 0.015 and share.max() < 0.06
 
 
 def test_selection_keeps_the_parent_on_ties():
@@ -303,6 +323,105 @@ def test_tables_reject_mismatched_inputs():
         pixel.success_rate_table([0, 3], [True, True], ["a", "b"])
 
 
+def test_report_multilabel_tables_by_hand():
+    original = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]], np.uint8)
+    final = np.array([[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 1, 0]], np.uint8)
+    success = np.array([True, False, True, True])
+    result = pixel.PixelAttackResult(
+        adversarial=np.zeros((4, 2, 2, 1), np.float32), success=success, original=original, final=final,
+        original_confidence=np.ones(4), final_confidence=np.array([0.9, 0.1, 0.5, 0.7]),
+        original_proba=original.astype(float), final_proba=final.astype(float), pixels=np.zeros((4, 1, 3)),
+        generations=np.zeros(4, int), queries=np.ones(4, int), seconds=0.0, multilabel=True)
+    tables = pixel.report(result, get_info("chest"), names=["A", "B", "C"])
+    assert tables["success rate"].loc[["A", "Normal"], "successes"].tolist() == [1, 2]
+    assert tables["findings"].tolist() == [1, 1, 1]                 # A, B, C over images 0, 2, 3
+    assert tables["findings per image"].tolist() == [1, 1, 1, 0]    # Normal, one finding, two findings
+    assert tables["conversion"]["Count"].tolist() == [1, 2]
+    assert tables["AvgCL"] == pytest.approx(0.7)                    # mean over the successful images
+    assert tables["label sets"].loc["Normal", "A"] == 1 and tables["label sets"].to_numpy().sum() == 3
+    with pytest.raises(ValueError, match="multi-label"):
+        pixel.report(result, get_info("pneumonia"))
+
+
+# --------------------------------------------------------------------------- tiny deterministic models
+
+def step_model(position, outputs_dark, outputs_bright, threshold: float = 0.5) -> keras.Model:
+    """Softmax over fixed logits: ``outputs_bright`` when the pixel at (row, col) ``position`` exceeds
+    ``threshold``, else ``outputs_dark`` - whatever the rest of the image."""
+    row, col = position
+    inputs = keras.Input((SIDE, SIDE, 1))
+    bright = keras.layers.Lambda(lambda x: keras.ops.cast(x[:, row, col, :] > threshold, "float32"))(inputs)
+    logits = keras.layers.Dense(len(outputs_dark))(bright)
+    outputs = keras.layers.Activation("softmax")(logits)
+    model = keras.Model(inputs, outputs)
+    dark, jump = np.asarray(outputs_dark, np.float32), np.subtract(outputs_bright, outputs_dark, dtype=np.float32)
+    model.layers[2].set_weights([jump[None], dark])
+    return model
+
+
+def test_a_successful_child_that_loses_its_selection_is_returned_as_a_success():
+    # three classes; a bright pixel (3, 5) makes class 1 win, but with p0 = 0.49, *less* fit than every
+    # other candidate (p0 = 0.36): the successful child always loses its pairwise selection
+    model = step_model((3, 5), [0.0, -0.1, -0.1], [0.0, 0.05, -10.0])
+    images = dark_images(12, seed=7)
+    result = pixel.pixel_attack(model, images, pixels=1, population=20, generations=40, early_stop=0.01,
+                                seed=0, progress=False)
+    assert np.all(result.original == 0)
+    rescued = result.generations > 0         # no success in the initial population: only a child can succeed
+    assert rescued.sum() >= 3
+    assert np.all(result.success)
+    assert np.all(result.final[rescued] == 1)
+    np.testing.assert_array_equal(result.pixels[rescued, 0, :2], np.tile([5, 3], (rescued.sum(), 1)))
+    assert np.all(result.pixels[rescued, 0, 2] > 0.5)
+    assert np.all(result.final_proba[rescued, 0] > result.original_proba[rescued, 0])   # less fit, yet kept
+
+
+def test_an_image_stops_at_the_first_generation_with_a_successful_candidate():
+    weights = np.zeros((SIDE * SIDE, 2))
+    weights[3 * SIDE + 5, 1] = 20.0                     # class 1 iff pixel (row 3, col 5) > 0.9
+    model = dense_model(weights, [0.0, -18.0], "softmax")
+    images = dark_images(10, seed=8)
+    settings = dict(pixels=1, population=100, early_stop=0.01, seed=0, progress=False)
+    full = pixel.pixel_attack(model, images, generations=60, **settings)
+    assert np.all(full.success)
+    stops = full.generations
+    assert len(set(stops[stops > 0])) >= 2
+    # the same search cut one generation earlier: those images have not succeeded yet (the random
+    # streams are identical until then), the others are unchanged
+    for stop in sorted(set(stops[stops > 0])):
+        cut = pixel.pixel_attack(model, images, generations=int(stop) - 1, **settings)
+        at = stops == stop
+        assert not cut.success[at].any() and np.all(cut.generations[at] == stop - 1)
+        np.testing.assert_array_equal(cut.generations[stops < stop], stops[stops < stop])
+        np.testing.assert_array_equal(cut.adversarial[stops < stop], full.adversarial[stops < stop])
+
+
+def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel):
+    images = dark_images(5, seed=9)
+    for model, target in ((toy, None), (toy, 2), (toy_multilabel, None)):
+        settings = dict(pixels=2, target=target, population=12, generations=6, seed=1, progress=False)
+        small = pixel.pixel_attack(model, images, batch_size=7, **settings)
+        large = pixel.pixel_attack(model, images, **settings)
+        for name in ("adversarial", "pixels", "success", "final_proba", "generations"):
+            np.testing.assert_array_equal(getattr(small, name), getattr(large, name))
+    small = pixel.random_pixels(toy, images, pixels=3, tries=9, batch_size=4)
+    large = pixel.random_pixels(toy, images, pixels=3, tries=9)
+    np.testing.assert_array_equal(small.adversarial, large.adversarial)
+
+
+def test_default_batch_size_follows_the_image_size(monkeypatch):
+    assert pixel.default_batch_size((28, 28, 1)) == 4096
+    assert pixel.default_batch_size((64, 64, 3)) == 1365
+    assert pixel.default_batch_size((224, 224, 3)) == 111
+    assert pixel.default_batch_size((1024, 1024, 3)) == 32
+    inputs = keras.Input((64, 64, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    sizes, forward = [], pixel._forward(model)
+    monkeypatch.setattr(pixel, "_forward", lambda m: lambda x: sizes.append(len(x)) or forward(x))
+    pixel.random_pixels(model, np.zeros((400, 64, 64, 3), np.float32), tries=4)    # 1600 candidate images
+    assert max(sizes) == 1365 and sum(sizes) == 400 + 1600 + 400   # clean, candidates, final
+
+
 # --------------------------------------------------------------------------- toy models
 
 @pytest.mark.slow
@@ -383,7 +502,8 @@ def test_multilabel_untargeted_and_targeted_attacks(toy_multilabel):
     assert target.success.mean() >= 0.8
     assert np.all(target.final[target.success] == [0, 0, 1])
     tables = pixel.report(result, get_info("chest"), names=["A", "B", "C"])
-    assert tables["findings"].sum() >= result.success.sum() - tables["findings per image"].iloc[0]
+    assert tables["findings per image"].sum() == result.success.sum()
+    assert tables["success rate"].loc[["A", "Normal"], "images"].tolist() == [10, 10]
 
 
 @pytest.mark.slow
@@ -485,6 +605,15 @@ def test_images_per_class_takes_only_correctly_classified_images(toy):
     assert all(np.array_equal(chosen[c], again[c]) for c in chosen)
     with pytest.raises(ValueError, match="per_class"):
         pixel.images_per_class(toy, dataset, per_class=0)
+
+
+def test_image_selection_rejects_a_model_of_the_other_kind(toy, toy_multilabel):
+    single = fake_dataset("oct", dark_images(4), np.zeros(4, int))
+    with pytest.raises(ValueError, match="model is multi-label"):
+        pixel.images_per_class(toy_multilabel, single, per_class=1)
+    multi = fake_dataset("chest", dark_images(4), np.zeros((4, 14), np.uint8))
+    with pytest.raises(ValueError, match="model is single-label"):
+        pixel.images_per_label_set(toy, multi, np.zeros((1, 14), np.uint8), per_set=1)
 
 
 def test_frequent_label_sets_by_hand():
