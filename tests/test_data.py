@@ -547,6 +547,19 @@ def test_synthetic_data_is_learnable(name):
     assert score > 1.0 / info.n_classes + 0.3, score
 
 
+def test_synthetic_pneumonia_classes_overlap_like_real_x_rays():
+    """Faint class patterns make borderline cases: learnable, but not perfectly separable."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    info = get_info("pneumonia")
+    train = make_synthetic(info, "train", 28, seed=0, count=1000)
+    test = make_synthetic(info, "test", 28, seed=1, count=1000)
+    model = LogisticRegression(max_iter=500).fit(train.images.reshape(1000, -1), train.labels)
+    score = balanced_accuracy_score(test.labels, model.predict(test.images.reshape(1000, -1)))
+    assert 0.8 < score < 0.98, score
+
+
 # --------------------------------------------------------------------------- real data
 
 def test_real_pneumonia_test_split(real_medmnist_dir):
