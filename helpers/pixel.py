@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .models import check_images, is_multilabel
+from .models import check_images, is_multilabel, weights_digest
 
 MAX_PIXELS = 3          # the paper attacks with 1, 2 and 3 pixels
 DELTA = 1e-5            # equations 3-4: keeps the cosine similarity's denominator positive
@@ -758,18 +758,28 @@ _ARRAYS = ("adversarial", "success", "original", "final", "original_confidence",
            "original_proba", "final_proba", "pixels", "generations", "queries")
 
 
+#: Part of every cache key; changes whenever the search itself changes, so older results are not reused.
+SEARCH_VERSION = "de2"
+
+
 def attack_key(model_key: str, images, *, pixels: int, target=None, population: int = 100,
-               generations: int = 100, F: float = 0.5, early_stop: float | None = 0.01, seed: int = 0) -> str:
-    """Cache key of a pixel attack: the model's key, a digest of the images and targets, the settings."""
+               generations: int = 100, F: float = 0.5, early_stop: float | None = 0.01, seed: int = 0,
+               weights: str = "") -> str:
+    """Cache key of a pixel attack: the model's key, the settings, a digest of the images, targets and weights.
+
+    ``weights``: :func:`~helpers.models.weights_digest` of the model, so that a model trained again
+    under the same key is attacked anew.
+    """
     import hashlib
 
     digest = hashlib.sha1(np.ascontiguousarray(images, dtype=np.float32).tobytes())
     if target is not None:
         digest.update(np.ascontiguousarray(target, dtype=np.int64).tobytes())
+    digest.update(weights.encode())
     kind = "untargeted" if target is None else "targeted"
     stop = "none" if early_stop is None else f"{early_stop:g}"
     return (f"{model_key}--pixel{pixels}-{kind}-pop{population}-gen{generations}-F{F:g}-stop{stop}"
-            f"-seed{seed}-{len(images)}img-{digest.hexdigest()[:12]}")
+            f"-seed{seed}-{SEARCH_VERSION}-{len(images)}img-{digest.hexdigest()[:12]}")
 
 
 def save_result(result: PixelAttackResult, path) -> None:
@@ -803,7 +813,8 @@ def cached_attack(model, model_key: str, images, *, pixels: int = 1, target=None
 
     settings = dict(pixels=pixels, target=target, population=population, generations=generations, F=F,
                     early_stop=early_stop, seed=seed)
-    path = Path(cache or cache_dir("pixel_attacks")) / f"{attack_key(model_key, images, **settings)}.npz"
+    key = attack_key(model_key, images, **settings, weights=weights_digest(model))
+    path = Path(cache or cache_dir("pixel_attacks")) / f"{key}.npz"
     if path.exists():
         return load_result(path)
     result = pixel_attack(model, images, **settings, **kwargs)

@@ -660,6 +660,17 @@ def test_cached_attack_reloads_the_same_result_and_never_overwrites(toy, tmp_pat
         pixel.save_result(first, files[0])
 
 
+def test_cached_attack_of_a_changed_model_is_computed_anew(tmp_path):
+    images = dark_images(4, seed=5)
+    settings = dict(pixels=1, population=8, generations=2, seed=0, progress=False, cache=tmp_path)
+    model = one_pixel_model()
+    pixel.cached_attack(model, "toy-model", images, **settings)
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel, bias + 1.0])        # trained again under the same key
+    pixel.cached_attack(model, "toy-model", images, **settings)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
 def test_prediction_text_single_and_multilabel(toy, toy_multilabel):
     images = dark_images(2, seed=6)
     images[1, 3, 5, 0] = 1.0
