@@ -24,10 +24,11 @@ from PIL import Image
 
 ENV_NATURAL_DIR = "NATURAL_IMAGES_DIR"
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-#: Openly licensed photographs in scikit-image (name: licence).
+#: Openly licensed photographs in scikit-image (name: licence): everyday scenes and textures, no
+#: medical or microscopy images (paper 001's attacker has no medical data), each photo once.
 SKIMAGE_PHOTOS = {"astronaut": "public domain (NASA)", "chelsea": "CC0", "coffee": "CC0", "rocket": "public domain",
                   "camera": "CC0", "hubble_deep_field": "public domain (NASA)", "brick": "CC0", "grass": "CC0",
-                  "gravel": "CC0", "immunohistochemistry": "CC0", "cat": "CC0", "motorcycle_left": "see scikit-image"}
+                  "gravel": "CC0", "motorcycle_left": "see scikit-image"}
 
 
 def _to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
@@ -72,12 +73,11 @@ def load_folder(folder, size: int, channels: int, count: int | None = None, seed
     return np.stack(arrays)
 
 
-def sample_photos(size: int, channels: int, count: int = 200, seed: int = 0) -> np.ndarray:
-    """``count`` random crops (20-100 % of the side) of scikit-image's openly licensed photographs."""
-    _check(size, channels)
+def skimage_photos() -> dict:
+    """The photographs of :data:`SKIMAGE_PHOTOS` this scikit-image has (name: PIL image)."""
     from skimage import data as skdata
 
-    photos = []
+    photos = {}
     for name in SKIMAGE_PHOTOS:
         loader = getattr(skdata, name, None)
         if loader is None:
@@ -88,7 +88,17 @@ def sample_photos(size: int, channels: int, count: int = 200, seed: int = 0) -> 
             continue
         if array.ndim == 3 and array.shape[-1] == 4:
             array = array[..., :3]
-        photos.append(Image.fromarray(array if array.dtype == np.uint8 else (255 * array).astype(np.uint8)))
+        photos[name] = Image.fromarray(array if array.dtype == np.uint8 else (255 * array).astype(np.uint8))
+    return photos
+
+
+def sample_photos(size: int, channels: int, count: int = 200, seed: int = 0) -> np.ndarray:
+    """``count`` random crops (20-100 % of the side) of scikit-image's openly licensed photographs."""
+    _check(size, channels)
+    photos = list(skimage_photos().values())
+    if not photos:
+        raise ValueError(f"none of scikit-image's sample photographs could be loaded; set {ENV_NATURAL_DIR} "
+                         f"(or folder=) to a folder of photos instead.")
     rng = np.random.default_rng(seed)
     crops = []
     for _ in range(count):
@@ -132,24 +142,29 @@ def iter_folder(folder, size: int, channels: int, count: int | None = None, chun
 
 
 def uap_in_chunks(model, images, *, xi: float, eval_images, chunk: int = 1000, norm=2, eps: float = 0.005,
-                  target: int | None = None, seed: int = 0, mode: str = "batched") -> tuple:
+                  target: int | None = None, seed: int = 0, mode: str = "batched", progress: bool = True) -> tuple:
     """One pass (i_max = 1) over natural images, chunk by chunk, each chunk warm-starting from the last.
 
     ``images`` is an array (N, H, W, C), split into chunks of ``chunk`` images in random order,
-    or an iterable of such arrays (e.g. :func:`iter_folder`, for 100,000 photos). Returns the
-    final :class:`~helpers.uap.UAPResult` and a DataFrame of R_f (R_s) on ``eval_images`` after
-    each chunk (paper 001 logs it every 1,000 natural images).
+    or an iterable of such arrays (e.g. :func:`iter_folder`, for 100,000 photos). ``progress``
+    shows one progress bar over the chunks. Returns the final :class:`~helpers.uap.UAPResult` and
+    a DataFrame of R_f (R_s) on ``eval_images`` after each chunk (paper 001 logs it every 1,000
+    natural images).
     """
+    from tqdm.auto import tqdm
+
     from . import uap
 
     if chunk < 1:
         raise ValueError(f"chunk={chunk!r}: at least one image per chunk.")
-    chunks = images
+    chunks, total = images, None
     if isinstance(images, np.ndarray):
         order = np.random.default_rng(seed).permutation(len(images))
         chunks = (images[order[i:i + chunk]] for i in range(0, len(images), chunk))
+        total = -(-len(images) // chunk)
     perturbation, rows, result, used = None, [], None, 0
-    for number, part in enumerate(chunks):
+    for number, part in enumerate(tqdm(chunks, total=total, desc="natural-image UAP", unit="chunk",
+                                       disable=not progress)):
         result = uap.universal_perturbation(model, part, xi=xi, norm=norm, eps=eps, i_max=1, target=target,
                                             mode=mode, init=perturbation, eval_images=eval_images,
                                             seed=seed + number, progress=False)

@@ -189,14 +189,31 @@ def _compiled(model, n_classes: int, norm: float, targeted: bool, step_norm: flo
 
 # --------------------------------------------------------------------------- the attack
 
+def _ends_in_softmax(model) -> bool:
+    """True when the model's last layer applies a softmax (a Softmax layer or activation="softmax")."""
+    last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.Model):
+        return _ends_in_softmax(last)
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    return getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
+
+
 def _validate(model, images, target, eps, i_max, mode, batch_size):
     if is_multilabel(model):
         raise ValueError("universal_perturbation: the model is multi-label (sigmoid outputs); UAPs here attack "
                          "single-label (softmax) classifiers.")
+    n_classes = int(model.output_shape[-1])
+    if not _ends_in_softmax(model) or n_classes < 2:
+        last = model.layers[-1] if model.layers else None
+        activation = getattr(getattr(last, "activation", None), "__name__", type(last).__name__)
+        raise ValueError(f"model: its last layer ({activation}, {n_classes} unit(s)) is not a softmax over the "
+                         f"classes. The UAP's FGSM steps use the cross-entropy of probabilities, so the model must "
+                         f"end in a softmax with one unit per class (at least 2), as ART's attacks also require; "
+                         f"for a model that outputs logits, add keras.layers.Softmax() as its last layer.")
     images = check_images(images, model)
     if len(images) == 0:
         raise ValueError("images is empty: give at least one image to build the UAP from.")
-    n_classes = int(model.output_shape[-1])
     if target is not None and not (isinstance(target, (int, np.integer)) and 0 <= target < n_classes):
         raise ValueError(f"target={target!r}: choose a class index in [0, {n_classes}), or None for non-targeted.")
     if not eps > 0:
@@ -221,7 +238,9 @@ def universal_perturbation(model, images, *, zeta: float | None = None, xi: floa
                            stop_at: float | None = None,
                            init: np.ndarray | None = None, eval_images=None, seed: int = 0,
                            progress: bool = True) -> UAPResult:
-    """Compute a UAP against a softmax ``model`` from ``images`` (N, H, W, C) in [0, 1].
+    """Compute a UAP against ``model`` from ``images`` (N, H, W, C) in [0, 1].
+
+    The model must end in a softmax with one unit per class (its outputs are probabilities).
 
     Args:
         zeta: size as a fraction of the mean L_p norm of ``images`` (or give ``xi`` directly).
@@ -305,11 +324,32 @@ def evaluate(model, images, perturbation, target: int | None = None, labels=None
 
 # --------------------------------------------------------------------------- cache
 
-def uap_key(model_key: str, n_images: int, *, zeta, norm, eps, i_max, target, mode, seed, source: str = "train") -> str:
-    """Cache key of a UAP: the model's key plus every setting that changes the result."""
+def array_digest(array) -> str:
+    """A short hex digest (sha1, 12 characters) of an array's float32 values and shape."""
+    import hashlib
+
+    values = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+    digest = hashlib.sha1(str(values.shape).encode())
+    digest.update(values.tobytes())
+    return digest.hexdigest()[:12]
+
+
+def uap_key(model_key: str, n_images: int, *, zeta, norm, eps, i_max, target, mode, seed, source: str = "train",
+            xi: float, images_digest: str, weights_digest: str, step_norm=np.inf, batch_size: int = 32,
+            stop_at: float | None = None, init_digest: str | None = None, eval_digest: str | None = None) -> str:
+    """Cache key of a UAP: the model's key and the settings, readable, then the digests.
+
+    The digests are of the model's weights (``models.weights_digest``), of the attack images,
+    and of the warm start ``init`` and the ``eval_images`` when given (:func:`array_digest`).
+    """
     kind = "nt" if target is None else f"t{target}"
-    return (f"{model_key}--uap-{kind}-p{norm_name(norm)}-zeta{zeta:g}-eps{eps:g}-imax{i_max}-{mode}"
-            f"-{source}{n_images}-seed{seed}")
+    batch = f"{batch_size}" if mode == "batched" else ""
+    stop = "" if stop_at is None else f"-stop{stop_at:g}"
+    digests = f"w{weights_digest}-x{images_digest}"
+    digests += "" if init_digest is None else f"-i{init_digest}"
+    digests += "" if eval_digest is None else f"-e{eval_digest}"
+    return (f"{model_key}--uap-{kind}-p{norm_name(norm)}-zeta{zeta:g}-xi{xi:.8g}-eps{eps:g}-step{norm_name(step_norm)}"
+            f"-imax{i_max}{stop}-{mode}{batch}-{source}{n_images}-seed{seed}--{digests}")
 
 
 def save_uap(result: UAPResult, path) -> None:
@@ -334,25 +374,31 @@ def load_uap(path) -> UAPResult:
 
 def cached_uap(model, model_key: str, images, *, zeta: float, norm=2, eps: float = 0.005, i_max: int = 15,
                target: int | None = None, mode: str = "batched", seed: int = 0, source: str = "train",
-               norm_images=None, cache=None, **kwargs) -> UAPResult:
+               norm_images=None, step_norm=np.inf, batch_size: int = 32, stop_at: float | None = None,
+               init: np.ndarray | None = None, eval_images=None, cache=None, progress: bool = True) -> UAPResult:
     """:func:`universal_perturbation`, saved in the course cache and reloaded by later runs.
 
     ``norm_images``: the images whose mean L_p norm sets xi = zeta x mean norm (default: ``images``;
-    for UAPs made from natural images, the medical images, as in paper 001).
+    for UAPs made from natural images, the medical images, as in paper 001). ``source`` names the
+    attack set in the file name. The key also holds digests of the model's weights and of the
+    images, so a retrained model or another attack set of the same size is never served a stale UAP.
     """
     from pathlib import Path
     from .config import cache_dir
+    from .models import weights_digest
+
+    xi = xi_from_zeta(images if norm_images is None else norm_images, zeta, norm)
     key = uap_key(model_key, len(images), zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target,
-                  mode=mode, seed=seed, source=source)
+                  mode=mode, seed=seed, source=source, xi=xi, images_digest=array_digest(images),
+                  weights_digest=weights_digest(model), step_norm=step_norm, batch_size=batch_size,
+                  stop_at=stop_at, init_digest=None if init is None else array_digest(init),
+                  eval_digest=None if eval_images is None else array_digest(eval_images))
     path = Path(cache or cache_dir("uaps")) / f"{key}.npz"
     if path.exists():
         return load_uap(path)
-    if norm_images is None:
-        size = {"zeta": zeta}
-    else:
-        size = {"xi": xi_from_zeta(norm_images, zeta, norm)}
-    result = universal_perturbation(model, images, norm=norm, eps=eps, i_max=i_max, target=target,
-                                    mode=mode, seed=seed, **size, **kwargs)
+    result = universal_perturbation(model, images, xi=xi, norm=norm, eps=eps, i_max=i_max, target=target,
+                                    mode=mode, batch_size=batch_size, step_norm=step_norm, stop_at=stop_at,
+                                    init=init, eval_images=eval_images, seed=seed, progress=progress)
     result.zeta = zeta
     save_uap(result, path)
     return result

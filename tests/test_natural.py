@@ -54,6 +54,20 @@ def test_sample_photos_are_seeded_crops_of_open_photographs():
     assert not np.array_equal(photos, natural.sample_photos(32, 3, count=12, seed=2))
 
 
+def test_skimage_photos_are_distinct_and_not_medical():
+    """Paper 001's attacker has no medical data: no histology, retina or microscopy samples; no photo twice."""
+    medical = {"immunohistochemistry", "skin", "retina", "kidney", "cells3d", "cell", "human_mitosis",
+               "protein_transport"}
+    assert not medical & set(natural.SKIMAGE_PHOTOS)
+    photos = {name: np.asarray(image) for name, image in natural.skimage_photos().items()}
+    assert len(photos) >= 5
+    names = list(photos)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            same = photos[a].shape == photos[b].shape and np.array_equal(photos[a], photos[b])
+            assert not same, f"{a} and {b} are the same photo"
+
+
 def test_natural_images_prefers_the_folder_from_the_environment(photo_folder, monkeypatch):
     monkeypatch.setenv(natural.ENV_NATURAL_DIR, str(photo_folder))
     images, source = natural.natural_images(28, 1, count=10)
@@ -74,14 +88,53 @@ def test_iter_folder_yields_chunks(photo_folder):
     assert all(c.shape[1:] == (16, 16, 1) for c in chunks)
 
 
+def brightness_model(threshold: float = 0.5):
+    """4x4 grey images; class 1 when the mean pixel exceeds ``threshold`` (every FGSM sign step moves it by eps)."""
+    import keras
+
+    inputs = keras.Input((4, 4, 1))
+    mean = keras.layers.GlobalAveragePooling2D()(inputs)
+    bias = keras.initializers.Constant([40.0 * threshold, -40.0 * threshold])
+    logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant([[-40.0, 40.0]]),
+                                bias_initializer=bias)(mean)
+    return keras.Model(inputs, keras.layers.Softmax()(logits))
+
+
+def flat(*means):
+    return np.stack([np.full((4, 4, 1), m, np.float32) for m in means])
+
+
+def test_uap_in_chunks_warm_starts_each_chunk_from_the_last():
+    """Chunk 1 = brightness 0.45: one step of 0.1 flips it (rho = 0.1). Chunk 2 = 0.38: alone, a step
+    reaches only 0.48 and nothing flips; from rho = 0.1 it reaches 0.58 and flips (rho = 0.2 -> xi = 0.15)."""
+    model, evaluation = brightness_model(), flat(0.45, 0.38, 0.70, 0.10)
+    settings = dict(xi=0.15, norm=np.inf, eps=0.1, eval_images=evaluation, progress=False)
+    result, log = natural.uap_in_chunks(model, [flat(0.45), flat(0.38)], **settings)
+    np.testing.assert_allclose(result.perturbation, 0.15, atol=1e-6)
+    assert list(log["natural images used"]) == [1, 2]
+    assert list(log["rate"]) == pytest.approx([0.25, 0.5])      # 0.45 fooled; then 0.38 too
+    alone, _ = natural.uap_in_chunks(model, [flat(0.38)], **settings)
+    assert np.all(alone.perturbation == 0)
+
+
+def test_uap_in_chunks_splits_an_array_into_chunks():
+    images = flat(*np.linspace(0.05, 0.3, 5))          # nothing flips: only the bookkeeping is tested
+    result, log = natural.uap_in_chunks(brightness_model(), images, xi=0.1, norm=np.inf, eps=0.01, chunk=2,
+                                        eval_images=images, progress=False)
+    assert list(log["natural images used"]) == [2, 4, 5] and list(log["rate"]) == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="chunk"):
+        natural.uap_in_chunks(brightness_model(), images, xi=0.1, eval_images=images, chunk=0)
+
+
 @pytest.mark.slow
-def test_uap_in_chunks_logs_one_rate_per_chunk_and_warm_starts(smoke_pneumonia_model):
+def test_uap_in_chunks_on_the_smoke_model_beats_random(smoke_pneumonia_model):
     from helpers import uap
     splits, trained = smoke_pneumonia_model
     photos = natural.sample_photos(28, 1, count=60, seed=0)
     test = splits["test"].images[:100]
     xi = uap.xi_from_zeta(splits["train"].images[:100], 0.08, 2)
-    result, log = natural.uap_in_chunks(trained.model, photos, xi=xi, eval_images=test, chunk=20, eps=0.01)
+    result, log = natural.uap_in_chunks(trained.model, photos, xi=xi, eval_images=test, chunk=20, eps=0.01,
+                                        progress=False)
     assert list(log["natural images used"]) == [20, 40, 60]
     assert np.linalg.norm(result.perturbation) <= xi + 1e-4
     control = uap.evaluate(trained.model, test, uap.random_perturbation(test.shape[1:], xi, 2))["fooling_rate"]

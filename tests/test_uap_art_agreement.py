@@ -1,12 +1,12 @@
 """The helper's faithful UAP against ART 1.20's ``UniversalPerturbation`` and
 ``TargetedUniversalPerturbation`` (attacker "fgsm"), on the same model, images and settings.
 
-Both visit the images in the same order: ART draws its order with ``random.sample``; here it
-is given the helper's order for the same seed, so that any difference left comes from the
-algorithms themselves, not from which image happens to be visited first. (With independent
-orders the rates also agree within a point on this model, but need several seeds to show it.)
-ART's classifier wraps a compiled call of the same Keras model: ART's own code runs unchanged,
-only faster (its loss gradient otherwise runs eagerly, ~30 ms per image on two CPU cores).
+Each side visits the images in its own random order: ART draws it with Python's
+``random.sample`` (seeded with ``random.seed``), the helper with NumPy. The order changes the
+rates by a few points from seed to seed, so R_f (R_s) on the test images is averaged over three
+seeds on each side, and the averages must agree within 3 percentage points. ART's classifier
+wraps a compiled call of the same Keras model: ART's own code runs unchanged, only faster (its
+loss gradient otherwise runs eagerly, ~30 ms per image on two CPU cores).
 
 Runs on the real PneumoniaMNIST smoke model when the file is available, else on the
 synthetic stand-in's model (at 8 % instead of 4 %, where its UAP grows as large).
@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 N_IMAGES = 100
 I_MAX = 3
 EPS = 0.01
-SEED = 0
-TOLERANCE = 0.03   # 3 percentage points of R_f / R_s on the test images
+SEEDS = (0, 1, 2)
+TOLERANCE = 0.03   # 3 percentage points of the mean R_f / R_s on the test images
 
 
 class CompiledCall:
@@ -38,18 +38,6 @@ class CompiledCall:
 
     def __call__(self, x, training=False):
         return self._call(x)
-
-
-class HelperOrder:
-    """Stands in for the ``random`` module inside ART's UAP modules: the helper's pass orders."""
-
-    def __init__(self, seed: int, n: int):
-        self.rng, self.n, self.calls = np.random.default_rng(seed), n, 0
-
-    def sample(self, population, k):
-        assert list(population) == list(range(self.n)) and k == self.n, "ART's UAP changed how it draws its order"
-        self.calls += 1
-        return [int(i) for i in self.rng.permutation(k)]
 
 
 @pytest.fixture(scope="module")
@@ -76,44 +64,46 @@ def test_compiled_art_classifier_is_the_course_classifier(setup):
 
 
 def run_art(classifier, images, xi, norm, target, seed):
-    from art.attacks.evasion import TargetedUniversalPerturbation, UniversalPerturbation
-    import art.attacks.evasion.targeted_universal_perturbation as targeted_module
-    import art.attacks.evasion.universal_perturbation as untargeted_module
+    """ART's UAP (or targeted UAP) with its own image order, drawn by ``random`` seeded with ``seed``."""
+    import random
 
-    order = HelperOrder(seed, len(images))
-    if target is None:
-        attack = UniversalPerturbation(classifier, attacker="fgsm", attacker_params={"eps": EPS}, delta=1e-6,
-                                       max_iter=I_MAX, eps=float(xi), norm=norm, verbose=False)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(untargeted_module, "random", order)
+    from art.attacks.evasion import TargetedUniversalPerturbation, UniversalPerturbation
+
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        if target is None:
+            attack = UniversalPerturbation(classifier, attacker="fgsm", attacker_params={"eps": EPS}, delta=1e-6,
+                                           max_iter=I_MAX, eps=float(xi), norm=norm, verbose=False)
             attack.generate(images)
-    else:
-        attack = TargetedUniversalPerturbation(classifier, attacker="fgsm",
-                                               attacker_params={"eps": EPS, "targeted": True}, delta=1e-6,
-                                               max_iter=I_MAX, eps=float(xi), norm=norm)
-        one_hot = np.eye(classifier.nb_classes, dtype=np.float32)[np.full(len(images), target)]
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(targeted_module, "random", order)
+        else:
+            attack = TargetedUniversalPerturbation(classifier, attacker="fgsm",
+                                                   attacker_params={"eps": EPS, "targeted": True}, delta=1e-6,
+                                                   max_iter=I_MAX, eps=float(xi), norm=norm)
+            one_hot = np.eye(classifier.nb_classes, dtype=np.float32)[np.full(len(images), target)]
             attack.generate(images, y=one_hot)
-    assert order.calls == I_MAX, f"ART made {order.calls} passes, expected {I_MAX}"
+    finally:
+        random.setstate(state)
     return attack.noise[0]
 
 
 @pytest.mark.parametrize("norm", [2, np.inf], ids=["p2", "pinf"])
 @pytest.mark.parametrize("target", [None, 0, 1], ids=["non-targeted", "to-class-0", "to-class-1"])
-def test_faithful_mode_agrees_with_art(setup, norm, target):
+def test_faithful_mode_agrees_with_art_over_three_seeds(setup, norm, target):
     model, classifier, images, test, zeta = setup
     xi = uap.xi_from_zeta(images, zeta, norm)
-    ours = uap.universal_perturbation(model, images, xi=xi, norm=norm, eps=EPS, i_max=I_MAX, target=target,
-                                      mode="faithful", seed=SEED, progress=False)
-    theirs = run_art(classifier, images, xi, norm, target, SEED)
-    assert theirs.shape == ours.perturbation.shape
-    for rho in (ours.perturbation, theirs):
-        assert uap.lp_norms(rho[None], norm)[0] <= xi * (1 + 1e-5)
     key = "fooling_rate" if target is None else "success_rate"
-    rate_ours = uap.evaluate(model, test, ours.perturbation, target=target)[key]
-    rate_art = uap.evaluate(model, test, theirs, target=target)[key]
-    differing = int(np.sum(np.abs(ours.perturbation - theirs) > 1e-4))
-    assert abs(rate_ours - rate_art) <= TOLERANCE, (
-        f"{key} on the test images: helper {rate_ours:.3f}, ART {rate_art:.3f} "
-        f"({differing} of {theirs.size} pixels differ by more than 1e-4)")
+    rates = {"helper": [], "ART": []}
+    for seed in SEEDS:
+        ours = uap.universal_perturbation(model, images, xi=xi, norm=norm, eps=EPS, i_max=I_MAX, target=target,
+                                          mode="faithful", seed=seed, progress=False).perturbation
+        theirs = run_art(classifier, images, xi, norm, target, seed)
+        assert theirs.shape == ours.shape
+        for side, rho in (("helper", ours), ("ART", theirs)):
+            assert uap.lp_norms(rho[None], norm)[0] <= xi * (1 + 1e-5)
+            rates[side].append(uap.evaluate(model, test, rho, target=target)[key])
+    mean = {side: float(np.mean(values)) for side, values in rates.items()}
+    assert abs(mean["helper"] - mean["ART"]) <= TOLERANCE, (
+        f"{key} on the test images, mean over seeds {SEEDS}: helper {mean['helper']:.3f} "
+        f"({', '.join(f'{r:.3f}' for r in rates['helper'])}), ART {mean['ART']:.3f} "
+        f"({', '.join(f'{r:.3f}' for r in rates['ART'])})")
