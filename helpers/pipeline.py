@@ -219,6 +219,44 @@ def failure_report(name: str, output: Path, error: BaseException) -> str:
     return "\n".join(parts)
 
 
+#: stderr lines of TensorFlow's runtime logs (absl/oneDNN/CUDA notices), not written by the chapter.
+_RUNTIME_LOG = re.compile(r"^([IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |WARNING: All log messages before absl::InitializeLog)")
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def tidy_outputs(notebook: Path) -> int:
+    """Remove what a reader of the rendered chapter should not see; return how many outputs changed.
+
+    * TensorFlow's runtime log lines on stderr (the chapter's own warnings stay);
+    * progress-bar widgets: papermill does not save their state, so the book would show them at 0 %.
+    """
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    changed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.outputs:
+            if output.get("output_type") == "display_data" and _WIDGET_VIEW in output.get("data", {}):
+                changed += 1
+                continue
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                lines = output["text"].splitlines(keepends=True)
+                clean = [line for line in lines if not _RUNTIME_LOG.match(line)]
+                if len(clean) != len(lines):
+                    changed += 1
+                    if not "".join(clean).strip():
+                        continue
+                    output["text"] = "".join(clean)
+            kept.append(output)
+        cell.outputs = kept
+    if changed:
+        nbformat.write(nb, notebook)
+    return changed
+
+
 def executed_scale(notebook: Path) -> str | None:
     """The ``SCALE`` an executed notebook was run with (papermill's metadata), or None."""
     import nbformat
@@ -274,6 +312,7 @@ def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke"
                 execution_timeout=timeout)
         except Exception as error:  # noqa: BLE001 - cell errors, timeouts, dead kernels
             raise ChapterFailed(name, failure_report(name, output, error)) from error
+    tidy_outputs(output)
     return ChapterRun(name, output, results if results.exists() else None, time.perf_counter() - start)
 
 

@@ -106,6 +106,24 @@ def test_a_run_at_another_scale_keeps_the_earlier_one(tmp_path):
     assert sorted(p.name for p in output.parent.iterdir()) == ["01_tiny.ipynb", "01_tiny.results.json", "previous"]
 
 
+def test_runtime_logs_and_progress_widgets_are_left_out_of_the_executed_chapter(tmp_path):
+    source = write_notebook(
+        tmp_path / "01_noisy.ipynb",
+        "import sys\n"
+        "sys.stderr.write('I0000 00:00:1795355361.937424   14762 port.cc:153] oneDNN custom operations are on.\\n')\n"
+        "sys.stderr.write('WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "sys.stderr.write('the chapter warns about something\\n')\n"
+        "print('a result')",
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass")
+    output = tmp_path / "book" / "chapters" / "01_noisy.ipynb"
+    execute_chapter(source, output, "smoke", log_output=False)
+    outputs = [o for cell in nbformat.read(output, as_version=4).cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "a result" in text and "the chapter warns about something" in text
+    assert "oneDNN" not in text and "absl" not in text
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+
+
 def test_strip_notebooks(tmp_path):
     path = write_notebook(tmp_path / "nb.ipynb", "1 + 1")
     nb = nbformat.read(path, as_version=4)
