@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from helpers import natural
+from toy_models import brightness_model, flat
 
 
 @pytest.fixture
@@ -86,22 +87,6 @@ def test_iter_folder_yields_chunks(photo_folder):
     chunks = list(natural.iter_folder(photo_folder, 16, 1, chunk=2))   # 4 image files, one unreadable
     assert len(chunks) == 2 and sum(len(c) for c in chunks) == 3
     assert all(c.shape[1:] == (16, 16, 1) for c in chunks)
-
-
-def brightness_model(threshold: float = 0.5):
-    """4x4 grey images; class 1 when the mean pixel exceeds ``threshold`` (every FGSM sign step moves it by eps)."""
-    import keras
-
-    inputs = keras.Input((4, 4, 1))
-    mean = keras.layers.GlobalAveragePooling2D()(inputs)
-    bias = keras.initializers.Constant([40.0 * threshold, -40.0 * threshold])
-    logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant([[-40.0, 40.0]]),
-                                bias_initializer=bias)(mean)
-    return keras.Model(inputs, keras.layers.Softmax()(logits))
-
-
-def flat(*means):
-    return np.stack([np.full((4, 4, 1), m, np.float32) for m in means])
 
 
 def test_uap_in_chunks_warm_starts_each_chunk_from_the_last():

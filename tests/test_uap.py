@@ -17,6 +17,7 @@ import pytest
 
 from helpers import uap
 from helpers.models import build_model
+from toy_models import brightness_model, flat
 
 EPS = 0.01        # FGSM step strength: at 100 images and 3 passes the UAP fills its ball
 I_MAX = 3
@@ -184,25 +185,6 @@ def test_unknown_norm_everywhere(few_images):
 
 
 # --------------------------------------------------------------------------- the attack, by hand
-
-def brightness_model(threshold: float = 0.5) -> keras.Model:
-    """4x4 grey images; class 1 when the mean pixel exceeds ``threshold``, else class 0.
-
-    Its loss gradient is the same for every pixel, so an FGSM sign step of strength eps moves
-    every pixel, and the mean, by exactly +-eps: which steps flip which image is arithmetic.
-    """
-    inputs = keras.Input((4, 4, 1))
-    mean = keras.layers.GlobalAveragePooling2D()(inputs)
-    bias = keras.initializers.Constant([40.0 * threshold, -40.0 * threshold])
-    logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant([[-40.0, 40.0]]),
-                                bias_initializer=bias)(mean)
-    return keras.Model(inputs, keras.layers.Softmax()(logits))
-
-
-def flat(*means):
-    """Constant 4x4 images of the given brightness."""
-    return np.stack([np.full((4, 4, 1), m, np.float32) for m in means])
-
 
 # Brightness 0.45 (A), 0.38 (B), 0.70 (C), 0.10 (D); threshold 0.5, eps = 0.1, p = inf, xi = 0.15.
 # A: one step up reaches 0.55 and flips it.  B: needs rho >= 0.1 first (0.48 + 0.1 = 0.58 flips).
