@@ -466,8 +466,10 @@ def test_early_stop_generations_queries_and_seed(toy):
     assert np.all(first.generations[~first.success] == 15)      # the others ran every generation
     assert first.success.any() and first.generations.min() < 15  # fooled images stopped early
     full = pixel.pixel_attack(toy, images, early_stop=None, **kwargs)
-    assert np.all(full.generations == 15)
-    assert full.success.sum() >= first.success.sum()
+    assert np.all(full.generations == 15) and np.all(full.queries == 20 * 16)
+    # Running on does not guarantee more successes: with three classes, pairwise selection may trade a
+    # successful candidate for a fitter one (lower original-class confidence) that is not successful.
+    assert full.success.any()
 
 
 @pytest.mark.slow
