@@ -28,7 +28,7 @@ EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 #: medical or microscopy images (paper 001's attacker has no medical data), each photo once.
 SKIMAGE_PHOTOS = {"astronaut": "public domain (NASA)", "chelsea": "CC0", "coffee": "CC0", "rocket": "public domain",
                   "camera": "CC0", "hubble_deep_field": "public domain (NASA)", "brick": "CC0", "grass": "CC0",
-                  "gravel": "CC0", "motorcycle_left": "see scikit-image"}
+                  "gravel": "CC0"}
 
 
 def _to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
