@@ -270,12 +270,6 @@ def locate(info: DatasetInfo, size: int, root=None, download_missing: bool = Tru
     return download(info, size)
 
 
-def read_npz(path: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images as float32 (N, H, W, C) in [0, 1] and labels, from a MedMNIST npz file."""
-    images, labels = read_raw(path, info, split)
-    return to_unit_float(images), labels
-
-
 def read_raw(path: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images as stored (uint8, (N, H, W, C)) and labels, from a MedMNIST npz file."""
     path = Path(path)
