@@ -190,6 +190,10 @@ def check_images(images, model: keras.Model, name: str = "images") -> np.ndarray
     expected = tuple(model.input_shape[1:])
     if images.ndim != 4 or images.shape[1:] != expected:
         raise ValueError(f"{name} has shape {images.shape}; the model expects (N, {', '.join(map(str, expected))}).")
+    if images.size and not np.isfinite(images).all():
+        bad = int(np.sum((~np.isfinite(images)).reshape(len(images), -1).any(axis=1)))
+        raise ValueError(f"{name} holds NaN or infinite values ({bad} of {len(images)} images); give finite "
+                         f"floats in [0, 1] (check the preprocessing that produced them).")
     if images.size and (images.min() < 0.0 or images.max() > 1.0):
         raise ValueError(f"{name} has values in [{images.min():.3g}, {images.max():.3g}]; expected floats in "
                          f"[0, 1] (divide uint8 images by 255).")

@@ -14,8 +14,10 @@ generation: "of the adversarial images generated in that iteration"; a successfu
 loses its pairwise selection is kept as the result). A child's value that falls outside the
 bounds is replaced by a uniform random value within them, as SciPy's ``differential_evolution``
 (on which Su et al.'s attack and ART's ``PixelAttack`` build) does: clipping instead would pile
-children onto the image border. Every generation builds the candidate images of all images still
-running with NumPy fancy indexing and evaluates them in one batched model call, split into chunks
+children onto the image border. Each image draws from its own random stream, seeded by ``seed``
+and the image's pixels, so its search is the same whatever else is attacked with it. Every
+generation builds the candidate images of all images still running with NumPy fancy indexing
+and evaluates them in one batched model call, split into chunks
 of ``batch_size`` candidate images to bound memory (by default :func:`default_batch_size`: about
 2**24 input values per chunk, between 32 and 4096 images - 4096 of 28 x 28 px, 111 of 224 x 224 x 3).
 
@@ -57,7 +59,7 @@ MIN_BATCH, MAX_BATCH = 32, 4096   # ... and between these many images
 
 __all__ = [
     "PixelAttackResult", "pixel_attack", "random_pixels",
-    "pixel_bounds", "random_population", "apply_pixels", "default_batch_size", "draw_donors", "mutate", "select",
+    "pixel_bounds", "image_streams", "random_population", "apply_pixels", "default_batch_size", "draw_donors", "mutate", "select",
     "cosine_similarity", "fitness", "is_success",
     "success_rate_table", "transformation_table", "transform_ratio", "conversion_table", "avg_cl",
     "label_set_names", "label_set_table", "finding_counts", "findings_per_image", "report",
@@ -81,11 +83,42 @@ def pixel_bounds(shape, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     return lower, upper
 
 
-def random_population(rng: np.random.Generator, n_images: int, population: int, shape,
-                      pixels: int) -> np.ndarray:
-    """Uniformly random candidates (n_images, population, k, 2 + C) within :func:`pixel_bounds`."""
+def image_streams(images, seed: int = 0) -> list[np.random.Generator]:
+    """One NumPy generator per image (N, H, W, C), seeded by ``seed`` and the image's own pixels.
+
+    An image's search therefore depends only on the seed and on the image: not on its position,
+    on the other images attacked in the same call, or on how the call is split into chunks.
+    """
+    import hashlib
+
+    streams = []
+    for image in np.asarray(images, dtype=np.float32):
+        digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+        words = np.frombuffer(digest, dtype=np.uint32)
+        streams.append(np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, words)])))
+    return streams
+
+
+def _draw(rng, n_images: int, draw) -> np.ndarray:
+    """``draw(generator, count)`` for ``n_images`` images: from one shared generator, or one per image.
+
+    ``rng`` is a Generator (all images draw from it at once) or a sequence of ``n_images``
+    Generators (image a draws only from ``rng[a]``). Returns the draws stacked along axis 0.
+    """
+    if isinstance(rng, np.random.Generator):
+        return draw(rng, n_images)
+    if len(rng) != n_images:
+        raise ValueError(f"got {len(rng)} random streams for {n_images} images; give one per image.")
+    return np.concatenate([draw(stream, 1) for stream in rng])
+
+
+def random_population(rng, n_images: int, population: int, shape, pixels: int) -> np.ndarray:
+    """Uniformly random candidates (n_images, population, k, 2 + C) within :func:`pixel_bounds`.
+
+    ``rng``: one Generator, or one per image (:func:`image_streams`).
+    """
     lower, upper = pixel_bounds(shape, pixels)
-    draw = rng.random((n_images, population, *lower.shape))
+    draw = _draw(rng, n_images, lambda g, n: g.random((n, population, *lower.shape)))
     return lower + draw * (upper - lower)
 
 
@@ -128,16 +161,15 @@ def _paint(batch, pixels) -> None:
 
 # --------------------------------------------------------------------------- differential evolution
 
-def draw_donors(rng: np.random.Generator, n_images: int, population: int) -> np.ndarray:
+def draw_donors(rng, n_images: int, population: int) -> np.ndarray:
     """Indices (3, n_images, population): r1, r2, r3 distinct and != i for every child i.
 
     Three distinct draws among the population - 1 others, by the "skip the taken ones" trick
-    (uniform, no rejection loop), then shifted past i.
+    (uniform, no rejection loop), then shifted past i. ``rng``: one Generator, or one per image.
     """
-    shape = (n_images, population)
-    r1 = rng.integers(0, population - 1, shape)
-    r2 = rng.integers(0, population - 2, shape)
-    r3 = rng.integers(0, population - 3, shape)
+    draws = _draw(rng, n_images, lambda g, n: g.integers(0, [[population - 1], [population - 2], [population - 3]],
+                                                         (n, 3, population)))
+    r1, r2, r3 = draws[:, 0], draws[:, 1], draws[:, 2]
     r2 = r2 + (r2 >= r1)
     low, high = np.minimum(r1, r2), np.maximum(r1, r2)
     r3 = r3 + (r3 >= low)
@@ -146,19 +178,25 @@ def draw_donors(rng: np.random.Generator, n_images: int, population: int) -> np.
     return np.stack([r + (r >= i) for r in (r1, r2, r3)])
 
 
-def mutate(rng: np.random.Generator, population, F: float, donors, lower, upper) -> np.ndarray:
+def mutate(rng, population, F: float, donors, lower, upper) -> np.ndarray:
     """Children ``pop[r1] + F (pop[r2] - pop[r3])``, no crossover; out-of-bounds values redrawn.
 
     population: (A, P, k, 2 + C); donors: (3, A, P) from :func:`draw_donors`; lower, upper: (k, 2 + C).
     Every value outside [lower, upper] is replaced by a uniform random one within (as SciPy's
-    ``differential_evolution``), so that no position is favoured. Returns (A, P, k, 2 + C).
+    ``differential_evolution``), so that no position is favoured. ``rng``: one Generator, or one
+    per image. Returns (A, P, k, 2 + C).
     """
     a = np.arange(population.shape[0])[:, None]
     r1, r2, r3 = (population[a, r] for r in donors)
     children = r1 + F * (r2 - r3)
     outside = (children < lower) | (children > upper)
     low, span = (np.broadcast_to(b, children.shape)[outside] for b in (lower, upper - lower))
-    children[outside] = low + rng.random(low.shape) * span
+    if isinstance(rng, np.random.Generator):
+        uniform = rng.random(low.shape)
+    else:   # image a's redrawn values come from its own stream, in the same (row-major) order
+        counts = outside.reshape(len(children), -1).sum(axis=1)
+        uniform = np.concatenate([stream.random(count) for stream, count in zip(rng, counts)])
+    children[outside] = low + uniform * span
     return children
 
 
@@ -275,9 +313,13 @@ def pixel_attack(model, images, *, pixels: int = 1, target=None, population: int
         F: mutation factor, in (0, 2].
         early_stop: an image stops once at least this fraction of its population, or of the
             children of a generation, succeeds (at least one); None: always run all generations.
-        seed: seeds the NumPy generator (initial population, donors, redrawn values).
+        seed: with each image's own pixels, seeds that image's random stream (initial population,
+            donors, redrawn values; :func:`image_streams`), so an image's search does not depend on
+            the other images in the call.
         batch_size: candidate images per model call; None: :func:`default_batch_size` of the
-            image shape. It bounds memory only: the result does not depend on it.
+            image shape. It bounds memory only: the random draws do not depend on it, but
+            TensorFlow's kernels may round a model output differently for another batch shape
+            (last float32 digits), which can tip a search between two nearly equal candidates.
         progress: show a progress bar over the generations.
     """
     _check_pixels(pixels)
@@ -340,10 +382,10 @@ def _evolve(model, images, pixels, reference, targeted, multilabel, population, 
     """The DE loop; returns the chosen candidate per image (N, k, 2 + C) and generations run (N,)."""
     from tqdm.auto import tqdm
 
-    rng = np.random.default_rng(seed)
+    streams = image_streams(images, seed)
     n = len(images)
     lower, upper = pixel_bounds(images.shape[1:], pixels)
-    pop = random_population(rng, n, population, images.shape[1:], pixels)
+    pop = random_population(streams, n, population, images.shape[1:], pixels)
     scores, wins = _evaluate(model, images, pop, reference, targeted, multilabel, batch_size)
     done = _stopped(wins, early_stop)
     gens = np.zeros(n, dtype=np.int64)
@@ -354,7 +396,8 @@ def _evolve(model, images, pixels, reference, targeted, multilabel, population, 
             active = np.flatnonzero(~done)
             if active.size == 0:
                 break
-            children = mutate(rng, pop[active], F, draw_donors(rng, active.size, population), lower, upper)
+            running = [streams[a] for a in active]
+            children = mutate(running, pop[active], F, draw_donors(running, active.size, population), lower, upper)
             child_scores, child_wins = _evaluate(model, images[active], children, reference[active],
                                                  targeted, multilabel, batch_size)
             pop[active], scores[active], replaced = select(pop[active], scores[active], children, child_scores)
@@ -759,7 +802,7 @@ _ARRAYS = ("adversarial", "success", "original", "final", "original_confidence",
 
 
 #: Part of every cache key; changes whenever the search itself changes, so older results are not reused.
-SEARCH_VERSION = "de2"
+SEARCH_VERSION = "de3"
 
 
 def attack_key(model_key: str, images, *, pixels: int, target=None, population: int = 100,
@@ -782,12 +825,12 @@ def attack_key(model_key: str, images, *, pixels: int, target=None, population: 
             f"-seed{seed}-{SEARCH_VERSION}-{len(images)}img-{digest.hexdigest()[:12]}")
 
 
-def save_result(result: PixelAttackResult, path) -> None:
-    """Write a pixel attack's result (npz); an existing file is never overwritten."""
+def save_result(result: PixelAttackResult, path) -> bool:
+    """Write a pixel attack's result (npz); an existing file is never overwritten (False)."""
     from .config import save_npz_once
 
     extra = {} if result.target is None else {"target": result.target}
-    save_npz_once(path, "attack", **{name: getattr(result, name) for name in _ARRAYS}, **extra,
+    return save_npz_once(path, **{name: getattr(result, name) for name in _ARRAYS}, **extra,
                   seconds=result.seconds, multilabel=result.multilabel, method=result.method)
 
 
@@ -818,5 +861,6 @@ def cached_attack(model, model_key: str, images, *, pixels: int = 1, target=None
     if path.exists():
         return load_result(path)
     result = pixel_attack(model, images, **settings, **kwargs)
-    save_result(result, path)
+    if not save_result(result, path):   # another process saved the same attack meanwhile: use its file
+        return load_result(path)
     return result

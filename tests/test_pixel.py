@@ -409,6 +409,30 @@ def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel):
     np.testing.assert_array_equal(small.adversarial, large.adversarial)
 
 
+def test_an_image_gets_the_same_search_whatever_else_is_attacked_with_it(toy, toy_multilabel):
+    images = dark_images(6, seed=3)
+    for model, target in ((toy, None), (toy, 2), (toy_multilabel, None)):
+        settings = dict(pixels=2, target=target, population=12, generations=6, seed=5, progress=False)
+        together = pixel.pixel_attack(model, images, **settings)
+        for i in (0, 4):
+            alone = pixel.pixel_attack(model, images[i:i + 1], **settings)
+            reordered = pixel.pixel_attack(model, images[[5, i, 2]], **settings)
+            for name in ("pixels", "success", "generations", "queries"):
+                np.testing.assert_array_equal(getattr(alone, name)[0], getattr(together, name)[i])
+                np.testing.assert_array_equal(getattr(reordered, name)[1], getattr(together, name)[i])
+
+
+def test_image_streams_depend_on_the_seed_and_the_image_only():
+    images = dark_images(3, seed=4)
+    first = [g.random(4) for g in pixel.image_streams(images, seed=1)]
+    again = [g.random(4) for g in pixel.image_streams(images[::-1], seed=1)][::-1]
+    other = [g.random(4) for g in pixel.image_streams(images, seed=2)]
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first[0], first[1]) and not np.allclose(first[0], other[0])
+    with pytest.raises(ValueError, match="one per image"):
+        pixel.random_population(pixel.image_streams(images), 2, 5, (SIDE, SIDE, 1), 1)
+
+
 def test_default_batch_size_follows_the_image_size(monkeypatch):
     assert pixel.default_batch_size((28, 28, 1)) == 4096
     assert pixel.default_batch_size((64, 64, 3)) == 1365
@@ -658,8 +682,55 @@ def test_cached_attack_reloads_the_same_result_and_never_overwrites(toy, tmp_pat
     pixel.cached_attack(toy, "toy-model", images, **{**settings, "seed": 1})
     pixel.cached_attack(toy, "toy-model", images, **{**settings, "target": 2})
     assert len(list(tmp_path.glob("*.npz"))) == 3
-    with pytest.raises(FileExistsError, match="never overwritten"):
-        pixel.save_result(first, files[0])
+    changed = pixel.PixelAttackResult(**{**first.__dict__, "success": ~first.success})
+    assert pixel.save_result(changed, files[0]) is False         # kept as it was
+    np.testing.assert_array_equal(pixel.load_result(files[0]).success, first.success)
+
+
+def test_two_processes_attacking_at_once_both_finish_with_the_first_saved_result(toy, tmp_path, monkeypatch):
+    import threading
+
+    images = dark_images(3, seed=6)
+    settings = dict(pixels=1, population=8, generations=2, seed=0, progress=False, cache=tmp_path)
+    both_computed = threading.Barrier(2, timeout=60)
+    real_attack = pixel.pixel_attack
+
+    def attack_then_wait(*args, **kwargs):      # both compute before either saves: a real race
+        result = real_attack(*args, **kwargs)
+        both_computed.wait()
+        return result
+
+    monkeypatch.setattr(pixel, "pixel_attack", attack_then_wait)
+    results, errors = [None, None], []
+
+    def writer(i):
+        try:
+            results[i] = pixel.cached_attack(toy, "toy-model", images, **settings)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors and all(r is not None for r in results)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    saved = pixel.load_result(files[0])
+    for result in results:
+        np.testing.assert_array_equal(result.pixels, saved.pixels)
+
+
+def test_nan_or_infinite_images_are_refused(toy):
+    images = dark_images(3)
+    for bad in (np.nan, np.inf):
+        broken = images.copy()
+        broken[1, 2, 3, 0] = bad
+        with pytest.raises(ValueError, match="NaN or infinite values .1 of 3 images"):
+            pixel.pixel_attack(toy, broken, generations=1, progress=False)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            pixel.random_pixels(toy, broken)
 
 
 def test_cached_attack_of_a_changed_model_is_computed_anew(tmp_path):
