@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 #: Where the course lives; the "Open in Colab" badges and install cells point here.
@@ -36,18 +37,38 @@ def in_colab() -> bool:
     return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules
 
 
-def save_npz_once(path, what: str, **arrays) -> Path:
-    """Write ``arrays`` to the npz file ``path`` atomically; an existing file is never overwritten.
+def save_npz_once(path, **arrays) -> bool:
+    """Write ``arrays`` to the npz file ``path`` atomically, unless it exists; return True if written.
 
-    ``what`` names the content in the error ("UAP", "attack"). Returns the path.
+    An existing file is never overwritten: when two processes compute the same entry at once,
+    the first writer wins and the other one's arrays are dropped (False), so both can go on
+    with the saved file. The arrays are written to a temporary file first, then linked to
+    ``path`` in one step that fails if ``path`` appeared meanwhile.
     """
     import numpy as np
 
     path = Path(path)
     if path.exists():
-        raise FileExistsError(f"{path} exists; a saved {what} is never overwritten (delete it to recompute).")
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part.npz")
-    np.savez(partial, **arrays)
-    partial.replace(path)
-    return path
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part.npz")
+    os.close(fd)
+    try:
+        np.savez(partial, **arrays)
+        return _link_once(Path(partial), path)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+
+
+def _link_once(source: Path, path: Path) -> bool:
+    """Give ``source``'s content the name ``path`` unless ``path`` exists; True if it did."""
+    try:
+        os.link(source, path)            # atomic: fails if another writer was first
+        return True
+    except FileExistsError:
+        return False
+    except OSError:                      # a file system without hard links
+        if path.exists():
+            return False
+        os.replace(source, path)
+        return True

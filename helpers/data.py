@@ -270,8 +270,12 @@ def locate(info: DatasetInfo, size: int, root=None, download_missing: bool = Tru
     return download(info, size)
 
 
-def read_raw(path: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images as stored (uint8, (N, H, W, C)) and labels, from a MedMNIST npz file."""
+def read_raw(path: Path, info: DatasetInfo, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images as stored (uint8, (N, H, W, C)) and labels, from a MedMNIST npz file.
+
+    The arrays must match the dataset: ``size`` x ``size`` px (when given) with ``info.channels``
+    channels, one label (or one 0/1 value per finding) per image; anything else is refused.
+    """
     path = Path(path)
     try:
         with np.load(path) as archive:
@@ -282,10 +286,30 @@ def read_raw(path: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.
     except Exception as error:  # zipfile.BadZipFile, OSError, pickle errors
         raise ValueError(f"{path} is not a readable npz file ({type(error).__name__}: {error}).\n"
                          f"  Delete {path} and download it again from {_url_of(info, path)}") from None
+    stored_shape = images.shape
     if images.ndim == 3:
         images = images[..., None]
+    _check_stored(path, info, split, size, images, labels, stored_shape)
     labels = labels.astype(np.uint8) if info.multilabel else labels.reshape(-1).astype(np.int64)
     return images, labels
+
+
+def _check_stored(path: Path, info: DatasetInfo, split: str, size: int | None, images, labels,
+                  stored_shape: tuple) -> None:
+    """Refuse arrays that do not fit ``info`` (e.g. colour images in a greyscale dataset's file)."""
+    side = "H, W" if size is None else f"{size}, {size}"
+    expected = f"({side}, {info.channels}) images ({'RGB' if info.channels == 3 else 'greyscale'})"
+    fits = (images.ndim == 4 and images.shape[-1] == info.channels
+            and (size is None or images.shape[1:3] == (size, size)))
+    n_labels = info.n_classes if info.multilabel else 1
+    label_shape = labels.shape[1:] if labels.ndim > 1 else ()
+    labels_fit = len(labels) == len(images) and int(np.prod(label_shape, dtype=int)) == n_labels
+    if not fits or not labels_fit:
+        raise ValueError(
+            f"{path}: '{split}_images' has shape {stored_shape} and '{split}_labels' {labels.shape}, but "
+            f"{info.title} needs {expected} and {n_labels} label value(s) per image: this is not the "
+            f"published {path.name}. Replace it with the official file from {_url_of(info, path)} "
+            f"(or remove it from MEDMNIST_DIR).")
 
 
 def to_unit_float(images: np.ndarray) -> np.ndarray:
@@ -338,7 +362,7 @@ def _load_stored(name, split, size, *, source, root, download, allow_synthetic, 
     if source != "synthetic":
         try:
             path = locate(info, size, root=root, download_missing=download)
-            images, labels = read_raw(path, info, split)
+            images, labels = read_raw(path, info, split, size)
             return MedDataset(info, split, images, labels, synthetic=False, source=str(path))
         except DataUnavailableError as error:
             if source == "real" or not allow_synthetic:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -198,9 +199,11 @@ def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target
         fresh = uap.universal_perturbation(model, attack, seed=seed + 1000 * number + 999, **settings)
         rate, scores = _evaluate_round(model, test, fresh, target)
         row = _round_row(number, rate, scores, time.perf_counter() - start, train.info.n_classes)
-        _save_round(done, model, row, fresh, scores["adv_pred"], with_model=number > 0)
+        adv_pred = scores["adv_pred"]
+        if not _save_round(done, model, row, fresh, adv_pred, with_model=number > 0):
+            row, adv_pred = _load_round(done)   # another process finished this round first: use its numbers
         rows.append(row)
-        adv_preds.append(scores["adv_pred"])
+        adv_preds.append(adv_pred)
     if saved_model is not None:
         model = _load_model(saved_model)
     return RetrainingRun(pd.DataFrame(rows), folder, model, adv_preds, np.asarray(test.labels), resumed)
@@ -237,19 +240,37 @@ def _round_row(number, rate, scores, seconds, n_classes) -> dict:
 
 # --------------------------------------------------------------------------- the cache
 
-def _save_round(folder: Path, model, row: dict, fresh: uap.UAPResult, adv_pred: np.ndarray, with_model: bool):
+def _save_round(folder: Path, model, row: dict, fresh: uap.UAPResult, adv_pred: np.ndarray,
+                with_model: bool) -> bool:
     """Write one finished round into a staging folder, then rename it to ``folder`` (all or nothing).
 
-    A ``folder`` left incomplete by an older layout is moved aside, never deleted.
+    Returns False, keeping the saved round, when another process finished it first. A ``folder``
+    left incomplete by an older layout is moved aside, never deleted.
     """
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     if with_model:
         save_trained(model, staging / "model", {"key": f"{folder.parent.name}/{folder.name}"}, {})
     np.savez(staging / "fresh_uap.npz", perturbation=fresh.perturbation, adv_pred=adv_pred)
     (staging / "round.json").write_text(json.dumps({k: _plain(v) for k, v in row.items()}, indent=2))
-    if folder.exists():
+    if folder.exists() and not _is_complete(folder):
         folder.rename(folder.with_name(f"{folder.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}-{staging.name}"))
-    staging.rename(folder)
+    return _publish(staging, folder)
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "round.json").is_file()
+
+
+def _publish(staging: Path, folder: Path) -> bool:
+    """Rename ``staging`` to ``folder`` unless a complete round is there already (then drop ``staging``)."""
+    try:
+        staging.rename(folder)          # fails if another process's round is there
+        return True
+    except OSError:
+        if not _is_complete(folder):
+            raise
+        shutil.rmtree(staging)
+        return False
 
 
 def _plain(value):

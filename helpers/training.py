@@ -187,7 +187,7 @@ def get_or_train(splits: dict, architecture: str, preset, seed: int = 0, *, weig
         weights, folder = built, _folder(cache, train, arch.name, built, preset, seed)
         if _is_cached(folder) and not retrain:
             return load_trained(folder, verbose=verbose)
-    return _train_and_save(model, splits, arch.name, weights, preset, seed, folder)
+    return _train_and_save(model, splits, arch.name, weights, preset, seed, folder, keep_existing=not retrain)
 
 
 def _train_split(splits) -> MedDataset:
@@ -207,7 +207,7 @@ def _is_cached(folder: Path) -> bool:
     return (folder / "model.keras").is_file()
 
 
-def _train_and_save(model, splits, architecture, weights, preset, seed, folder) -> TrainedModel:
+def _train_and_save(model, splits, architecture, weights, preset, seed, folder, keep_existing) -> TrainedModel:
     train = splits["train"]
     start = time.perf_counter()
     epochs = preset.epochs_for(architecture)
@@ -217,7 +217,8 @@ def _train_and_save(model, splits, architecture, weights, preset, seed, folder) 
             "architecture": architecture, "weights": weights or "none (random initialisation)",
             "scale": preset.name, "seed": seed, "epochs": epochs, "train_images": len(train),
             "train_seconds": round(time.perf_counter() - start, 1), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
-    save_trained(model, folder, meta, history)
+    if not save_trained(model, folder, meta, history, keep_existing=keep_existing):
+        return load_trained(folder, verbose=False)     # another process saved this model first: use it
     return TrainedModel(model, folder.name, folder, meta, history, from_cache=False)
 
 
@@ -235,17 +236,29 @@ def _build(info, architecture, preset, weights, seed, verbose):
         return model_for(info, architecture, preset.image_size, None, preset.backbone_input, seed), None
 
 
-def save_trained(model: keras.Model, folder: Path, meta: dict, history: dict) -> None:
-    """Write model, metadata and history into ``folder`` atomically; an existing folder is kept, renamed."""
+def save_trained(model: keras.Model, folder: Path, meta: dict, history: dict, *, keep_existing: bool = False) -> bool:
+    """Write model, metadata and history into ``folder`` atomically; return True if written.
+
+    An existing ``folder`` is never lost: it is renamed ``<folder>.old-<time>`` (a model trained
+    again), or, with ``keep_existing``, kept as it is and this model dropped (False): the first
+    of two processes that trained the same model at once wins.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     model.save(staging / "model.keras")
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))
     (staging / "history.json").write_text(json.dumps(history, indent=2))
-    if folder.exists():
+    if folder.exists() and not (keep_existing and _is_cached(folder)):
         folder.rename(_unused_name(folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")))
-    staging.rename(folder)
+    try:
+        staging.rename(folder)          # fails if another process saved this model meanwhile
+        return True
+    except OSError:
+        if not (keep_existing and _is_cached(folder)):
+            raise
+        shutil.rmtree(staging)
+        return False
 
 
 def _unused_name(path: Path) -> Path:

@@ -352,11 +352,11 @@ def uap_key(model_key: str, n_images: int, *, zeta, norm, eps, i_max, target, mo
             f"-imax{i_max}{stop}-{mode}{batch}-{source}{n_images}-seed{seed}--{digests}")
 
 
-def save_uap(result: UAPResult, path) -> None:
-    """Write a UAP (npz: perturbation + settings + per-pass rates); an existing file is kept."""
+def save_uap(result: UAPResult, path) -> bool:
+    """Write a UAP (npz: perturbation + settings + per-pass rates); an existing file is kept (False)."""
     from .config import save_npz_once
 
-    save_npz_once(path, "UAP", perturbation=result.perturbation, norm=result.norm, xi=result.xi, eps=result.eps,
+    return save_npz_once(path, perturbation=result.perturbation, norm=result.norm, xi=result.xi, eps=result.eps,
                   target=-1 if result.target is None else result.target, mode=result.mode,
                   rates=np.asarray(result.rates), eval_rates=np.asarray(result.eval_rates), passes=result.passes,
                   seconds=result.seconds, zeta=np.nan if result.zeta is None else result.zeta)
@@ -400,5 +400,6 @@ def cached_uap(model, model_key: str, images, *, zeta: float, norm=2, eps: float
                                     mode=mode, batch_size=batch_size, step_norm=step_norm, stop_at=stop_at,
                                     init=init, eval_images=eval_images, seed=seed, progress=progress)
     result.zeta = zeta
-    save_uap(result, path)
+    if not save_uap(result, path):      # another process saved the same UAP meanwhile: use its file
+        return load_uap(path)
     return result

@@ -252,6 +252,26 @@ def test_npz_without_the_split_is_rejected(tmp_path):
     assert str(path) in str(error.value)
 
 
+@pytest.mark.parametrize("name, shape, labels", [
+    ("pneumonia", (6, 28, 28, 3), (6, 1)),      # RGB images in a greyscale dataset's file
+    ("derma", (6, 28, 28), (6, 1)),             # greyscale images in a colour dataset's file
+    ("pneumonia", (6, 64, 64), (6, 1)),         # 64 px images in the 28 px file
+    ("chest", (6, 28, 28), (6, 1)),             # one label per image for a 14-finding dataset
+    ("oct", (6, 28, 28), (5, 1)),               # fewer labels than images
+])
+def test_npz_whose_arrays_do_not_fit_the_dataset_is_rejected(tmp_path, name, shape, labels):
+    info = get_info(name)
+    arrays = {f"{split}_images": np.zeros(shape, np.uint8) for split in ("train", "val", "test")}
+    arrays.update({f"{split}_labels": np.zeros(labels, np.uint8) for split in ("train", "val", "test")})
+    path = tmp_path / info.filename(28)
+    np.savez(path, **arrays)
+    with pytest.warns(UserWarning, match="MD5"), pytest.raises(ValueError) as error:
+        load(name, "test", 28, source="real", root=tmp_path)
+    message = str(error.value)
+    assert str(path) in message and str(shape) in message and "official file" in message
+    assert f"{info.channels})" in message
+
+
 @pytest.fixture
 def no_download(monkeypatch):
     """data.download fails the test if called."""

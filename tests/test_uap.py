@@ -453,8 +453,8 @@ def test_cached_uap_saves_reloads_and_never_overwrites(setting, tmp_path, monkey
     assert (second.norm, second.target, second.mode, second.passes) == ("inf", 1, "batched", 1)
     assert second.xi == pytest.approx(first.xi) and second.zeta == pytest.approx(setting.zeta)
     assert second.rates == pytest.approx(first.rates)
-    with pytest.raises(FileExistsError):
-        uap.save_uap(first, files[0])
+    changed = uap.UAPResult(**{**first.__dict__, "perturbation": first.perturbation + 0.5})
+    assert uap.save_uap(changed, files[0]) is False             # never overwritten
     np.testing.assert_array_equal(uap.load_uap(files[0]).perturbation, first.perturbation)
 
 
