@@ -52,6 +52,7 @@ class DatasetInfo:
     train_per_class: int | None = None   # paper 000's class-balanced subset sizes
     test_per_class: int | None = None
     oversample: bool = False             # paper 000: oversample the imbalanced skin-lesion set
+    train_without_normal: bool = False   # paper 004 (4.4): train the multi-label model on images with findings
     citation: str = ""
 
     @property
@@ -117,7 +118,7 @@ DATASETS: dict[str, DatasetInfo] = {
         n_samples={"train": 78468, "val": 11219, "test": 22433}, normal_classes=(), license="CC BY 4.0",
         md5={28: "02c8a6516a18b556561a56cbdd36c4a8", 64: "9de6cd0b934ebb5b7426cfba5efbae16",
              128: "db107e5590b27930b62dbaf558aebee3", 224: "45bd33e6f06c3e8cdb481c74a89152aa"},
-        citation="Wang et al., ChestX-ray8, CVPR 2017",
+        citation="Wang et al., ChestX-ray8, CVPR 2017", train_without_normal=True,
     ),
 }
 ALIASES = {"pneumoniamnist": "pneumonia", "chest_xray": "pneumonia", "octmnist": "oct",
@@ -146,6 +147,7 @@ class MedDataset:
     synthetic: bool = False
     source: str = ""
     notes: list = field(default_factory=list)
+    duplicate: np.ndarray | None = None   # (N,) bool: True for the copies oversampling added
 
     def __len__(self) -> int:
         return len(self.images)
@@ -162,7 +164,13 @@ class MedDataset:
     def subset(self, index) -> "MedDataset":
         """A new dataset with the images at ``index`` (array of ints or booleans)."""
         index = np.asarray(index)
-        return replace(self, images=self.images[index], labels=self.labels[index], notes=list(self.notes))
+        duplicate = None if self.duplicate is None else self.duplicate[index]
+        return replace(self, images=self.images[index], labels=self.labels[index], notes=list(self.notes),
+                       duplicate=duplicate)
+
+    def distinct(self) -> np.ndarray:
+        """Positions of the images as drawn from the stored split: each once, without oversampling's copies."""
+        return np.arange(len(self)) if self.duplicate is None else np.flatnonzero(~self.duplicate)
 
     def class_counts(self) -> np.ndarray:
         """Images per class (multi-label: per finding; the normal count is not included)."""
@@ -434,12 +442,27 @@ def oversample(dataset: MedDataset, seed: int = 0) -> MedDataset:
     rng = _rng(seed)
     counts = dataset.class_counts()
     target = counts.max()
-    picks = []
+    picks, copies = [], []
     for c in np.flatnonzero(counts):
         members = np.flatnonzero(dataset.labels == c)
         extra = rng.choice(members, target - len(members), replace=True)
         picks.append(np.concatenate([members, extra]))
-    return dataset.subset(rng.permutation(np.concatenate(picks)))
+        copies.append(np.arange(target) >= len(members))
+    order = rng.permutation(target * len(picks))
+    oversampled = dataset.subset(np.concatenate(picks)[order])
+    oversampled.duplicate = np.concatenate(copies)[order]
+    return oversampled
+
+
+def draw_distinct(dataset: MedDataset, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` images drawn at random, without replacement, from the split as stored.
+
+    Oversampling's copies are left out (the UAPs of paper 000 are made from the raw, imbalanced
+    training images). Returns the images (n, H, W, C), n = min(count, distinct images), and their
+    positions in ``dataset``.
+    """
+    index = rng.permutation(dataset.distinct())[:count]
+    return dataset.images[index], index
 
 
 def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "auto",
@@ -448,8 +471,9 @@ def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "a
 
     Class-balanced subsets for pneumonia and OCT (paper 000: 900/270 and 1,960/840 per
     class, capped by the preset and what the split holds), random oversampling of the
-    skin-lesion training set, and the preset's ``max_train``/``max_test`` caps everywhere.
-    ``preset`` is a :class:`~helpers.scales.Preset` or a scale name ("smoke", ...). The
+    skin-lesion training set (its copies are marked: :meth:`MedDataset.distinct`), no image
+    without a finding in the multi-label training set (paper 004), and the preset's
+    ``max_train``/``max_test`` caps everywhere. ``preset`` is a :class:`~helpers.scales.Preset` or a scale name ("smoke", ...). The
     images are sampled as stored (uint8) and only the chosen ones are turned into float32.
     """
     info = get_info(name)
@@ -475,10 +499,11 @@ def _sampled(dataset: MedDataset, sampler) -> MedDataset:
     exactly what it would pick from the images, without moving any pixel.
     """
     positions = replace(dataset, images=np.arange(len(dataset)), notes=list(dataset.notes))
-    index = sampler(positions).images
+    sampled = sampler(positions)
+    index = sampled.images
     if len(index) == len(dataset) and np.array_equal(index, positions.images):
         return dataset                        # everything, in order: no copy
-    return dataset.subset(index)
+    return replace(dataset.subset(index), duplicate=sampled.duplicate)
 
 
 def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:
@@ -492,6 +517,9 @@ def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:
         counts = np.array(CLASS_PROPORTIONS[info.key][split], dtype=float)
         # 1.5x: labels are drawn at random, so the rarest class must be expected well above per_class
         wanted = max(wanted, int(np.ceil(1.5 * per_class * counts.sum() / counts.min())))
+    if split == "train" and info.train_without_normal:    # the normal images are dropped before sampling
+        from .synthetic import FINDING_PREVALENCE
+        wanted = int(np.ceil(1.1 * wanted / (1.0 - np.prod(1.0 - np.array(FINDING_PREVALENCE)))))
     return int(min(info.n_samples[split], wanted, 20_000))
 
 
@@ -502,6 +530,8 @@ def _per_class(paper: int | None, preset_cap: int | None) -> int | None:
 
 def _sample_train(train: MedDataset, preset, seed: int) -> MedDataset:
     info = train.info
+    if info.train_without_normal:             # paper 004: no image without a finding in training
+        train = train.subset(np.flatnonzero(train.labels.any(axis=1)))
     per_class = _per_class(info.train_per_class, preset.train_per_class)
     if info.train_per_class is not None and per_class is not None:
         train = class_balanced(train, per_class, seed)

@@ -142,7 +142,7 @@ def iter_folder(folder, size: int, channels: int, count: int | None = None, chun
 
 
 def uap_in_chunks(model, images, *, xi: float, eval_images, chunk: int = 1000, norm=2, eps: float = 0.005,
-                  target: int | None = None, seed: int = 0, mode: str = "batched", progress: bool = True) -> tuple:
+                  target: int | None = None, seed: int = 0, mode: str = "faithful", progress: bool = True) -> tuple:
     """One pass (i_max = 1) over natural images, chunk by chunk, each chunk warm-starting from the last.
 
     ``images`` is an array (N, H, W, C), split into chunks of ``chunk`` images in random order,

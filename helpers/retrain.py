@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import uap
 from .config import cache_dir
+from .data import draw_distinct
 from .models import weights_digest
 from .training import fit, save_trained, set_seed
 
@@ -49,7 +50,7 @@ class RetrainingRun:
 
 def run_key(model_key: str, *, zeta: float, norm, target, eps: float, uaps_per_round: int, epochs: int,
             attack_images: int, i_max: int, eval_images: int, batch_size: int, seed: int,
-            learning_rate: float | None = None, weights: str = "") -> str:
+            learning_rate: float | None = None, weights: str = "", mode: str = "faithful") -> str:
     """Cache folder name of a run: the model's key plus every setting that changes a round.
 
     ``weights`` is :func:`~helpers.models.weights_digest` of the starting model, so a model trained
@@ -58,7 +59,7 @@ def run_key(model_key: str, *, zeta: float, norm, target, eps: float, uaps_per_r
     kind = "nt" if target is None else f"t{target}"
     rate = "" if learning_rate is None else f"-lr{learning_rate:g}"
     digest = f"-w{weights}" if weights else ""
-    return (f"{model_key}--retrain-{kind}-p{uap.norm_name(norm)}-zeta{zeta:g}-eps{eps:g}-imax{i_max}"
+    return (f"{model_key}--retrain-{kind}-p{uap.norm_name(norm)}-zeta{zeta:g}-eps{eps:g}-imax{i_max}-{mode}"
             f"-uaps{uaps_per_round}-epochs{epochs}{rate}-bs{batch_size}-imgs{attack_images}-eval{eval_images}"
             f"-seed{seed}{digest}")
 
@@ -146,17 +147,19 @@ def _check(trained, splits, *, zeta, norm, target, eps, rounds, uaps_per_round, 
 def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target: int | None = None,
                            eps: float = 0.01, rounds: int = 5, uaps_per_round: int = 10, epochs: int = 5,
                            attack_images: int = 500, i_max: int = 5, eval_images: int | None = None,
-                           batch_size: int = 32, learning_rate: float | None = None, seed: int = 0, cache=None,
-                           progress: bool = True) -> RetrainingRun:
+                           batch_size: int = 32, learning_rate: float | None = None, mode: str = "faithful",
+                           seed: int = 0, cache=None, progress: bool = True) -> RetrainingRun:
     """Retrain ``trained`` (a :class:`~helpers.training.TrainedModel`) against UAPs, round by round.
 
     Args:
         splits: the model's train/val/test :class:`~helpers.data.MedDataset` splits; the model is fine-tuned
             on the whole training split.
         zeta, norm, eps, i_max: the UAPs' size (fraction of the mean image norm), norm, FGSM step, passes.
+        mode: how the UAPs are computed: "faithful" (paper 000's algorithm) or "batched" (the faster variant).
         target: a class for targeted UAPs (R_s is recorded), None for non-targeted (R_f).
         rounds, uaps_per_round, epochs: paper 000: 5, 10, 5.
-        attack_images: training images each UAP is made from (fewer if the split is smaller).
+        attack_images: training images each UAP is made from (fewer if the split is smaller), drawn
+            from the split as stored: no image twice, even where training oversamples.
         eval_images: test images the rates are measured on (a seeded random subset; None: all).
         learning_rate: the base rate of the extra epochs. Paper 000 does not state it; None runs chapter 1's
             schedule over them (base 1e-3, stepped down at 80 % and 90 % of the epochs).
@@ -171,14 +174,14 @@ def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target
     train, test = splits["train"], splits["test"]
     if eval_images is not None:
         test = test.subset(np.random.default_rng(seed).permutation(len(test))[:eval_images])
-    attack = train.images[np.random.default_rng(seed).permutation(len(train))[:attack_images]]
+    attack, _ = draw_distinct(train, attack_images, np.random.default_rng(seed))
     key = run_key(trained.key, zeta=zeta, norm=norm, target=target, eps=eps, uaps_per_round=uaps_per_round,
                   epochs=epochs, attack_images=len(attack), i_max=i_max, eval_images=len(test),
                   batch_size=batch_size, seed=seed, learning_rate=learning_rate,
-                  weights=weights_digest(trained.model))
+                  weights=weights_digest(trained.model), mode=mode)
     folder = Path(cache or cache_dir("retraining")) / key
     folder.mkdir(parents=True, exist_ok=True)
-    settings = dict(zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target, progress=False)
+    settings = dict(zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target, mode=mode, progress=False)
     model, saved_model, rows, resumed, adv_preds = trained.model, None, [], [], []
     from tqdm.auto import tqdm
     for number in tqdm(range(rounds + 1), desc="retraining rounds", disable=not progress):

@@ -52,11 +52,13 @@ class Preset:
     uap_images: int = 200                # images the UAP is generated from
     uap_i_max: int = 15                  # passes over them (paper 000: 15)
     uap_eps: float = 0.01                # FGSM step strength in [0, 1] pixel units
+    uap_mode: str = "faithful"           # "faithful": paper 000's algorithm; "batched": the faster variant
     zeta_grid: tuple[float, ...] = (0.01, 0.02, 0.04, 0.06)  # UAP size as a fraction of mean image norm
     eval_images: int = 300               # test images a UAP is evaluated on
     natural_images: int = 1000           # natural photos a UAP is made from (paper 001: 100,000, one pass)
     natural_chunk: int = 250             # R_f is logged after every chunk of them (paper 001: 1,000)
     pixel_images_per_class: int = 10     # images attacked per class by the pixel attacks
+    pixel_architecture: str = ""         # the model the pixel attacks fool (paper 004: ResNet50); "": main
     pixel_population: int = 100          # differential evolution population (paper 004: 100)
     pixel_generations: int = 100         # at most this many generations (paper 004: 100)
     retrain_rounds: int = 5              # adversarial retraining rounds (paper 000: 5)
@@ -83,6 +85,11 @@ class Preset:
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.name}-{digest}"
 
+    @property
+    def pixel_victim(self) -> str:
+        """The architecture the pixel attacks of chapters 5-6 fool."""
+        return self.pixel_architecture or self.main_architecture
+
     def describe(self) -> str:
         """One line for a chapter's output."""
         weights = self.weights or "random initialisation"
@@ -97,7 +104,7 @@ _PRESETS = {
         train_per_class=400, test_per_class=150, max_train=1600, max_test=600,
         uap_images=100, uap_i_max=3, zeta_grid=(0.02, 0.04, 0.08), eval_images=200,
         natural_images=200, natural_chunk=50,
-        pixel_images_per_class=3, pixel_population=50, pixel_generations=30,
+        pixel_images_per_class=10, pixel_population=50, pixel_generations=30,
         retrain_rounds=1, retrain_uaps=2, retrain_epochs=1,
         notes="CI: about a minute per chapter on two CPU cores; small CNN from scratch.",
     ),
@@ -116,7 +123,8 @@ _PRESETS = {
         main_architecture="inception_v3", weights="imagenet", offline_fallback=False, epochs=10,
         backbone_input=128, train_per_class=1960, test_per_class=840, max_train=8000, max_test=3000,
         uap_images=1000, uap_i_max=5, eval_images=1000, natural_images=10_000, natural_chunk=1000,
-        pixel_images_per_class=50, pixel_population=100, pixel_generations=100,
+        uap_mode="batched",              # the faithful loop would not fit a T4's 15 minutes; chapter 2 compares both
+        pixel_images_per_class=50, pixel_population=100, pixel_generations=100, pixel_architecture="resnet50",
         retrain_rounds=5, retrain_uaps=10, retrain_epochs=3,
         notes="Colab T4: at most ~15 minutes per chapter.",
     ),
@@ -126,9 +134,12 @@ _PRESETS = {
         train_per_class=None, test_per_class=None, max_train=None, max_test=None,
         uap_images=10_000, uap_i_max=15, zeta_grid=(0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.10),
         eval_images=10_000, natural_images=100_000, natural_chunk=1000,
-        pixel_images_per_class=100, pixel_population=100, pixel_generations=100,
+        pixel_images_per_class=100, pixel_population=100, pixel_generations=100, pixel_architecture="resnet50",
         retrain_rounds=5, retrain_uaps=10, retrain_epochs=5,
-        uap_eps=0.0024,                  # paper 000 (Methods): the FGSM parameter epsilon was 0.0024
+        # Paper 000 (Methods): FGSM epsilon = 0.0024, applied by the authors' code to images scaled
+        # (X - 128) / 128 for X in 0..255; one such unit is 128/255 of a [0, 1] unit, so the same
+        # step is 0.0024 * 128 / 255 = 0.0012 in this course's [0, 1] units.
+        uap_eps=0.0024 * 128 / 255,
         notes="The papers' full protocol: hours on a GPU.",
     ),
 }

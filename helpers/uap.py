@@ -65,16 +65,24 @@ def project(perturbation: np.ndarray, xi: float, norm) -> np.ndarray:
     return perturbation * min(1.0, xi / size) if size > 0 else perturbation
 
 
-def random_perturbation(shape, xi: float, norm, seed: int = 0) -> np.ndarray:
+INF_CONTROLS = ("uniform", "vertices")
+
+
+def random_perturbation(shape, xi: float, norm, seed: int = 0, inf_kind: str = "uniform") -> np.ndarray:
     """Random control of size ``xi``, shape (H, W, C).
 
     p = 2: uniform on the L2 sphere of radius xi (a normalised Gaussian vector).
-    p = inf: each pixel +xi or -xi with equal probability (uniform on the vertices of the
-    L-inf sphere: the largest random perturbation the ball allows).
+    p = inf: ``inf_kind="uniform"`` draws every pixel uniformly from [-xi, xi], as paper 000's
+    authors do (ART's ``random_sphere``); ``"vertices"`` sets every pixel to +xi or -xi (the
+    largest random perturbation the ball allows: sqrt(3) times the L2 energy of the uniform one).
     """
+    if inf_kind not in INF_CONTROLS:
+        raise ValueError(f"inf_kind={inf_kind!r}; choose one of {INF_CONTROLS} ('uniform' is the paper's control).")
     rng = np.random.default_rng(seed)
     if parse_norm(norm) == np.inf:
-        return (xi * rng.choice([-1.0, 1.0], size=shape)).astype(np.float32)
+        if inf_kind == "vertices":
+            return (xi * rng.choice([-1.0, 1.0], size=shape)).astype(np.float32)
+        return (xi * rng.uniform(-1.0, 1.0, size=shape)).astype(np.float32)
     vector = rng.normal(size=shape)
     return (xi * vector / np.linalg.norm(vector)).astype(np.float32)
 
@@ -234,7 +242,7 @@ def _rate(model, images, perturbation, reference, target) -> float:
 
 def universal_perturbation(model, images, *, zeta: float | None = None, xi: float | None = None, norm=2,
                            eps: float = 0.005, i_max: int = 15, target: int | None = None,
-                           mode: str = "batched", batch_size: int = 32, step_norm=np.inf,
+                           mode: str = "faithful", batch_size: int = 32, step_norm=np.inf,
                            stop_at: float | None = None,
                            init: np.ndarray | None = None, eval_images=None, seed: int = 0,
                            progress: bool = True) -> UAPResult:
@@ -373,7 +381,7 @@ def load_uap(path) -> UAPResult:
 
 
 def cached_uap(model, model_key: str, images, *, zeta: float, norm=2, eps: float = 0.005, i_max: int = 15,
-               target: int | None = None, mode: str = "batched", seed: int = 0, source: str = "train",
+               target: int | None = None, mode: str = "faithful", seed: int = 0, source: str = "train",
                norm_images=None, step_norm=np.inf, batch_size: int = 32, stop_at: float | None = None,
                init: np.ndarray | None = None, eval_images=None, cache=None, progress: bool = True) -> UAPResult:
     """:func:`universal_perturbation`, saved in the course cache and reloaded by later runs.

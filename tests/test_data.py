@@ -405,6 +405,40 @@ def test_oversample_equalises_counts_by_repeating_existing_images():
     assert repeats[130:135].sum() == 100 and repeats[130:135].min() >= 1   # 5 images -> 100
 
 
+def test_oversample_marks_its_copies_and_draws_come_from_the_split_as_stored():
+    dataset = toy_dataset(LABELS)
+    sample = oversample(dataset, seed=0)
+    ids = origins(sample)
+    assert sample.duplicate.sum() == len(sample) - 180
+    originals = ids[sample.distinct()]
+    assert sorted(originals) == list(range(180))              # every stored image exactly once
+    for seed in range(3):
+        images, index = data.draw_distinct(sample, 150, np.random.default_rng(seed))
+        assert len(set(ids[index])) == 150 and not sample.duplicate[index].any()
+        np.testing.assert_array_equal(images, sample.images[index])
+    images, index = data.draw_distinct(sample, 10_000, np.random.default_rng(0))
+    assert len(index) == 180                                  # at most the distinct images
+    plain = toy_dataset(LABELS)
+    assert plain.duplicate is None and len(data.draw_distinct(plain, 500, np.random.default_rng(0))[1]) == 180
+
+
+def test_load_for_scale_keeps_the_oversampling_marks_through_the_caps():
+    splits = load_for_scale("derma", get_preset("smoke"), seed=0, source="synthetic", verbose=False)
+    train = splits["train"]
+    assert train.duplicate is not None and train.duplicate.any() and (~train.duplicate).sum() >= 100
+    distinct = train.images[train.distinct()].reshape(len(train.distinct()), -1)
+    assert len(np.unique(distinct, axis=0)) == len(distinct)               # no image twice
+    assert splits["test"].duplicate is None
+
+
+def test_multilabel_training_set_has_no_image_without_a_finding_as_paper_004():
+    smoke = get_preset("smoke")
+    splits = load_for_scale("chest", smoke, seed=0, source="synthetic", verbose=False)
+    assert splits["train"].labels.any(axis=1).all()
+    assert len(splits["train"]) == smoke.max_train                           # still the full budget
+    assert not splits["test"].labels.any(axis=1).all()                        # the test set keeps its normals
+
+
 def test_oversample_skips_absent_classes():
     sample = oversample(toy_dataset([0] * 3 + [1] * 7), seed=0)
     np.testing.assert_array_equal(sample.class_counts(), [7, 7, 0, 0])

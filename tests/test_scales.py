@@ -72,7 +72,17 @@ def test_paper_follows_paper_000():
     assert paper.weights == "imagenet" and not paper.offline_fallback
     assert paper.uap_i_max == 15 and paper.retrain_rounds == 5 and paper.retrain_epochs == 5
     assert paper.max_train is None and paper.train_per_class is None   # no caps: the papers' own subsets
-    assert paper.uap_eps == 0.0024                                     # paper 000, Methods: FGSM eps
+    # paper 000, Methods: eps = 0.0024 on images scaled (X - 128) / 128, i.e. 0.0012 on [0, 1]
+    assert paper.uap_eps == pytest.approx(0.0012, abs=1e-5)
+    assert paper.uap_mode == "faithful"                               # the paper's algorithm, not the variant
+    assert paper.pixel_victim == "resnet50"                           # paper 004 attacks ResNet50
+
+
+def test_uap_mode_and_pixel_victim_per_scale():
+    modes = {scale: get_preset(scale).uap_mode for scale in SCALES}
+    assert modes == {"smoke": "faithful", "cpu": "faithful", "gpu": "batched", "paper": "faithful"}
+    assert get_preset("gpu").pixel_victim == "resnet50" and "resnet50" in get_preset("gpu").architectures
+    assert get_preset("smoke").pixel_victim == get_preset("smoke").main_architecture
 
 
 def test_scales_grow_from_smoke_to_paper():

@@ -68,10 +68,17 @@ def test_random_perturbation_l2_has_norm_xi_exactly():
     assert np.linalg.norm(rho.astype(np.float64)) == pytest.approx(0.7, rel=1e-5)
 
 
-def test_random_perturbation_linf_is_plus_or_minus_xi():
-    rho = uap.random_perturbation((28, 28, 3), 0.05, np.inf, seed=3)
-    np.testing.assert_allclose(np.abs(rho), 0.05, rtol=1e-6)
-    assert (rho > 0).any() and (rho < 0).any()
+def test_random_perturbation_linf_is_uniform_in_the_ball_as_the_papers_control():
+    rho = uap.random_perturbation((64, 64, 3), 0.05, np.inf, seed=3)
+    assert rho.dtype == np.float32 and np.abs(rho).max() <= 0.05
+    counts, _ = np.histogram(rho, bins=10, range=(-0.05, 0.05))        # uniform: every tenth about 10 %
+    assert np.all(np.abs(counts / rho.size - 0.1) < 0.01)
+    # mean square xi^2 / 3: sqrt(3) less L2 energy than the +-xi vertices
+    vertices = uap.random_perturbation((64, 64, 3), 0.05, np.inf, seed=3, inf_kind="vertices")
+    np.testing.assert_allclose(np.abs(vertices), 0.05, rtol=1e-6)
+    assert np.linalg.norm(vertices) / np.linalg.norm(rho) == pytest.approx(np.sqrt(3), rel=0.02)
+    with pytest.raises(ValueError, match="inf_kind="):
+        uap.random_perturbation((4, 4, 1), 0.05, np.inf, inf_kind="gaussian")
 
 
 @pytest.mark.parametrize("norm", [2, np.inf])
@@ -286,7 +293,7 @@ def test_cached_uap_tells_apart_attack_sets_of_the_same_size(tmp_path):
     """Two attack sets of four images: A's step fools in the first, nothing flips in the second."""
     model = brightness_model()
     settings = dict(zeta=0.35, norm=np.inf, eps=0.1, i_max=1, source="natural4", cache=tmp_path, progress=False,
-                    norm_images=flat(0.4, 0.4))                                          # xi = 0.35 x 0.4 = 0.14
+                    norm_images=flat(0.4, 0.4), mode="batched")                          # xi = 0.35 x 0.4 = 0.14
     with_a = uap.cached_uap(model, "model-key", HAND, **settings)
     without_a = uap.cached_uap(model, "model-key", flat(0.38, 0.38, 0.70, 0.10), **settings)
     assert with_a.xi == without_a.xi == pytest.approx(0.14)
@@ -297,7 +304,7 @@ def test_cached_uap_tells_apart_attack_sets_of_the_same_size(tmp_path):
 
 def test_cached_uap_recomputes_for_changed_weights_and_reloads_otherwise(tmp_path, monkeypatch):
     model = brightness_model(0.5)
-    settings = dict(zeta=0.4, norm=np.inf, eps=0.1, i_max=1, cache=tmp_path, progress=False)
+    settings = dict(zeta=0.4, norm=np.inf, eps=0.1, i_max=1, cache=tmp_path, progress=False, mode="batched")
     first = uap.cached_uap(model, "model-key", HAND, **settings)
     np.testing.assert_allclose(first.perturbation, 0.1, atol=1e-6)
     model.set_weights(brightness_model(0.58).get_weights())      # same key, new weights: no step flips at 0.58
@@ -439,7 +446,8 @@ def test_eval_images_give_one_rate_per_pass(setting, non_targeted):
 @pytest.mark.slow
 def test_cached_uap_saves_reloads_and_never_overwrites(setting, tmp_path, monkeypatch):
     cache = tmp_path / "uaps"
-    kwargs = dict(zeta=setting.zeta, norm=np.inf, eps=EPS, i_max=1, target=1, seed=0, cache=cache, progress=False)
+    kwargs = dict(zeta=setting.zeta, norm=np.inf, eps=EPS, i_max=1, target=1, seed=0, cache=cache, progress=False,
+                  mode="batched")
     first = uap.cached_uap(setting.model, "model-key", setting.images[:20], **kwargs)
     files = list(cache.glob("*.npz"))
     assert len(files) == 1 and files[0].name.startswith("model-key--uap-t1-pinf")
