@@ -109,14 +109,33 @@ def sample_photos(size: int, channels: int, count: int = 200, seed: int = 0) -> 
     return np.stack(crops)
 
 
-def natural_images(size: int, channels: int, count: int = 200, folder=None, seed: int = 0) -> tuple[np.ndarray, str]:
-    """Natural images for a model's input, and a description of where they came from."""
+FOLDER_HELP = (f"Point {ENV_NATURAL_DIR} at a folder of natural photos (any jpg/png; sub-folders are searched): "
+               "ImageNet's ILSVRC-2012 training images, as paper 001 used, an Open Images download, or "
+               "Imagenette (see this module's docstring).")
+
+
+def natural_images(size: int, channels: int, count: int = 200, folder=None, seed: int = 0,
+                   scale: str | None = None) -> tuple[np.ndarray, str]:
+    """Natural images for a model's input, and a description of where they came from.
+
+    Without a folder the images are crops of at most a dozen scikit-image photos, far from
+    paper 001's 100,000 ImageNet images: at ``scale="gpu"`` that is said in a banner, and
+    ``scale="paper"`` refuses to run without a folder.
+    """
     folder = folder or os.environ.get(ENV_NATURAL_DIR)
     if folder:
         images = load_folder(folder, size, channels, count, seed)
         return images, f"{len(images)} photos from {folder}"
+    if scale == "paper":
+        raise ValueError(f"scale 'paper' reproduces paper 001 with {count:,} natural photos, but no folder of photos "
+                         f"was given, only scikit-image's few sample photographs. {FOLDER_HELP}")
     images = sample_photos(size, channels, count, seed)
-    return images, f"{len(images)} crops of scikit-image's openly licensed sample photographs"
+    description = f"{len(images)} crops of scikit-image's openly licensed sample photographs"
+    if scale == "gpu":
+        print("!" * 78 + f"\n!! NATURAL IMAGES: {description}, not ImageNet: far less varied than paper 001's"
+              f"\n!! attack set, so the natural-image UAPs are weaker than the paper's.\n!! {FOLDER_HELP}\n"
+              + "!" * 78)
+    return images, description
 
 
 def label_composition(predictions, class_names) -> pd.Series:
@@ -148,8 +167,8 @@ def uap_in_chunks(model, images, *, xi: float, eval_images, chunk: int = 1000, n
     ``images`` is an array (N, H, W, C), split into chunks of ``chunk`` images in random order,
     or an iterable of such arrays (e.g. :func:`iter_folder`, for 100,000 photos). ``progress``
     shows one progress bar over the chunks. Returns the final :class:`~helpers.uap.UAPResult` and
-    a DataFrame of R_f (R_s) on ``eval_images`` after each chunk (paper 001 logs it every 1,000
-    natural images).
+    a DataFrame of R_f (R_s) on ``eval_images`` after each chunk (how the rate grows with the
+    number of photos seen; paper 001 reports only the final UAPs).
     """
     from tqdm.auto import tqdm
 

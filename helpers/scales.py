@@ -56,7 +56,7 @@ class Preset:
     zeta_grid: tuple[float, ...] = (0.01, 0.02, 0.04, 0.06)  # UAP size as a fraction of mean image norm
     eval_images: int = 300               # test images a UAP is evaluated on
     natural_images: int = 1000           # natural photos a UAP is made from (paper 001: 100,000, one pass)
-    natural_chunk: int = 250             # R_f is logged after every chunk of them (paper 001: 1,000)
+    natural_chunk: int = 250             # R_f is logged after every chunk of them (the course's curve)
     pixel_images_per_class: int = 10     # images attacked per class by the pixel attacks
     pixel_architecture: str = ""         # the model the pixel attacks fool (paper 004: ResNet50); "": main
     pixel_population: int = 100          # differential evolution population (paper 004: 100)

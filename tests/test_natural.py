@@ -127,3 +127,15 @@ def test_uap_in_chunks_on_the_smoke_model_beats_random(smoke_pneumonia_model):
     assert log["rate"].iloc[-1] > control + 0.05          # natural photos make a real UAP
     with pytest.raises(ValueError, match="chunk"):
         natural.uap_in_chunks(trained.model, photos, xi=xi, eval_images=test, chunk=0)
+
+
+def test_without_a_folder_gpu_says_so_loudly_and_paper_refuses(monkeypatch, capsys):
+    monkeypatch.delenv(natural.ENV_NATURAL_DIR, raising=False)
+    images, source = natural.natural_images(16, 1, 4, scale="smoke")
+    assert images.shape == (4, 16, 16, 1) and "scikit-image" in source and "!!" not in capsys.readouterr().out
+    natural.natural_images(16, 1, 4, scale="gpu")
+    banner = capsys.readouterr().out
+    assert "!! NATURAL IMAGES" in banner and natural.ENV_NATURAL_DIR in banner and "ImageNet" in banner
+    with pytest.raises(ValueError, match="scale 'paper'") as error:
+        natural.natural_images(16, 1, 100_000, scale="paper")
+    assert natural.ENV_NATURAL_DIR in str(error.value) and "Open Images" in str(error.value)
