@@ -5,9 +5,12 @@ import os
 import tempfile
 from pathlib import Path
 
-#: Where the course lives; the "Open in Colab" badges and install cells point here.
+#: Where the course lives; the chapters' "Open in Colab" links and install cells point here.
 REPO_URL = "https://github.com/medattack-course/medattack"
-REPO_BRANCH = "main"
+#: The release the chapters' Colab links open and their install cells install: one place sets it, so
+#: a Colab lab keeps working after main moves on. Tag the release, then set it here and run
+#: ``python -m helpers.config`` to rewrite the chapters' first two cells.
+REPO_REF = "v0.2.0"
 
 #: Environment variables a reader (or the pipeline) may set.
 ENV_CACHE_DIR = "COURSE_CACHE_DIR"      # models, UAPs, downloaded data, results
@@ -29,7 +32,26 @@ def cache_dir(*parts: str) -> Path:
 def colab_url(notebook: str) -> str:
     """Colab URL of a chapter notebook, e.g. ``colab_url("01_transfer_learning")``."""
     slug = REPO_URL.removeprefix("https://github.com/")
-    return f"https://colab.research.google.com/github/{slug}/blob/{REPO_BRANCH}/chapters/{notebook}.ipynb"
+    return f"https://colab.research.google.com/github/{slug}/blob/{REPO_REF}/chapters/{notebook}.ipynb"
+
+
+def install_spec() -> str:
+    """The pip requirement the chapters' install cells use: the helpers at :data:`REPO_REF`."""
+    return f"medattack-helpers @ git+{REPO_URL}@{REPO_REF}"
+
+
+def colab_link(notebook: str) -> str:
+    """The chapter's Colab link as Markdown: plain text, so that it shows offline too."""
+    return f"[Open this chapter in Colab]({colab_url(notebook)})"
+
+
+def install_cell() -> str:
+    """Source of every chapter's install cell (the first code cell)."""
+    return ("# On Colab: install the course helpers at the release this chapter belongs to (set in one place,\n"
+            "# helpers/config.py: REPO_REF). TensorFlow is already there. Elsewhere: nothing to do.\n"
+            "import sys\n"
+            "if \"google.colab\" in sys.modules:\n"
+            f"    !pip install -q \"{install_spec()}\"")
 
 
 def in_colab() -> bool:
@@ -72,3 +94,29 @@ def _link_once(source: Path, path: Path) -> bool:
             return False
         os.replace(source, path)
         return True
+
+
+def write_chapter_links(chapters_dir: Path | None = None) -> list[Path]:
+    """Rewrite every chapter's Colab link and install cell from :data:`REPO_REF`; return the changed files."""
+    import json
+    import re
+
+    folder = Path(chapters_dir or Path(__file__).resolve().parents[1] / "chapters")
+    changed = []
+    for path in sorted(folder.glob("*.ipynb")):
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        title, install = notebook["cells"][0], notebook["cells"][1]
+        text = re.sub(r"\[(?:!\[Open In Colab\]\([^)]*\)|Open this chapter in Colab)\]\([^)]*\)",
+                      colab_link(path.stem), "".join(title["source"]))
+        new = {"title": text, "install": install_cell()}
+        if new["title"] != "".join(title["source"]) or new["install"] != "".join(install["source"]):
+            title["source"] = new["title"].splitlines(keepends=True)
+            install["source"] = new["install"].splitlines(keepends=True)
+            path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    for changed_path in write_chapter_links():
+        print("rewrote", changed_path)

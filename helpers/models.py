@@ -119,6 +119,16 @@ def _backbone(arch: Architecture, side: int, weights: str | None):
             f"weights=None to train from random initialisation.") from None
 
 
+def fetch_imagenet_weights(architecture: str, side: int) -> None:
+    """Make sure the ImageNet weights of ``architecture`` are at hand (Keras's cache, else downloaded).
+
+    Raises :class:`WeightsUnavailableError` when they cannot be had. ``side``: the backbone's input.
+    """
+    arch = get_architecture(architecture)
+    if arch.constructor is not None:
+        _backbone(arch, side, "imagenet")
+
+
 def keras_models_dir() -> Path:
     """Where Keras caches downloaded weights: ``$KERAS_HOME/models`` (default ``~/.keras/models``)."""
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"

@@ -69,16 +69,28 @@ def test_chapter_page_shows_table_figures_and_data_kind(built_book):
     assert "Summary" in html and "Exercises" in html
 
 
-def test_every_chapter_has_a_colab_badge_pointing_at_itself():
+def test_every_chapter_has_a_colab_link_pointing_at_itself_at_the_pinned_release():
     for name in toc_chapters():
         notebook = nbformat.read(REPO / "chapters" / f"{name}.ipynb", as_version=4)
         first = notebook.cells[0].source
-        assert config.colab_url(name) in first, f"{name}: the Colab badge must link to {config.colab_url(name)}"
+        assert config.colab_link(name) in first, f"{name}: run `python -m helpers.config` to rewrite its Colab link"
+        assert f"/blob/{config.REPO_REF}/chapters/{name}.ipynb" in config.colab_url(name)
+        assert "colab-badge.svg" not in first                       # a text link: it shows offline too
 
 
-def test_install_cell_does_nothing_outside_colab():
+def test_install_cell_installs_the_pinned_release_and_does_nothing_outside_colab():
+    assert config.install_spec().endswith(f"medattack@{config.REPO_REF}") and "@main" not in config.install_spec()
     for name in toc_chapters():
         notebook = nbformat.read(REPO / "chapters" / f"{name}.ipynb", as_version=4)
         install = notebook.cells[1].source
-        assert 'if "google.colab" in sys.modules:' in install and "pip install" in install
-        assert config.REPO_URL.removeprefix("https://") in install
+        assert install == config.install_cell(), f"{name}: run `python -m helpers.config` to rewrite its install cell"
+        assert 'if "google.colab" in sys.modules:' in install and config.install_spec() in install
+
+
+def test_every_chapter_checks_its_environment_before_anything_else():
+    for name in toc_chapters():
+        notebook = nbformat.read(REPO / "chapters" / f"{name}.ipynb", as_version=4)
+        code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+        setup = code[2]                      # install cell, parameters cell, then the setup cell
+        assert "check_environment(SCALE)" in setup
+        assert setup.index("check_environment(SCALE)") < setup.index("get_preset(SCALE)")
