@@ -2,6 +2,7 @@
 #
 #   make book [SCALE=smoke|cpu|gpu|paper]   execute the chapters and build book/_build/html
 #   make test                               run the test suite
+#   make regress [SCALE=smoke]              the chapters' numbers against the references, as a table
 #   make help                               list all targets
 #
 # Needs only Python >= 3.11 (set PYTHON=... to pick one); the first run creates .venv.
@@ -26,7 +27,7 @@ endif
 export TF_CPP_MIN_LOG_LEVEL := 2
 export MPLBACKEND := Agg
 
-.PHONY: help book test clean strip venv
+.PHONY: help book test regress references clean strip venv
 
 help:  ## list the targets
 	@echo "Targets (variables: SCALE=$(SCALE), PYTHON=$(PYTHON)):"
@@ -37,6 +38,14 @@ book: $(STAMP)  ## execute the chapters at SCALE and build the HTML book
 
 test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest -q
+
+regress: $(STAMP)  ## execute the chapters at SCALE from scratch and print their numbers against the references
+	$(PY) -m helpers.regression report --scale $(SCALE)
+
+references: $(STAMP)  ## measure the seed spread (5 seeds, with and without local data), re-derive the references
+	$(PY) -m helpers.regression derive --scale $(SCALE) --seeds 0 1 2 3 4
+	$(PY) -m helpers.regression derive --scale $(SCALE) --seeds 0 1 2 3 4 --no-local-data
+	$(PY) -m helpers.regression references --scale $(SCALE)
 
 clean:  ## remove the built book and executed chapters (keeps the model cache)
 	rm -rf book/_build book/chapters

@@ -15,6 +15,8 @@ One module per idea, grown chapter by chapter:
 * :mod:`helpers.pixel`     - one- and few-pixel attacks by differential evolution (paper 004)
 * :mod:`helpers.retrain`   - adversarial retraining against UAPs (paper 000)
 * :mod:`helpers.records`   - the key numbers each chapter records
+* :mod:`helpers.environment` - versions, GPU and weights, checked first by every chapter
 * :mod:`helpers.pipeline`  - papermill + Jupyter Book
+* :mod:`helpers.regression` - the chapters' numbers against references derived from a seed spread
 """
 __version__ = "0.1.0"

@@ -147,18 +147,22 @@ def prepare_book_dir(book_dir: str | Path = BOOK_DIR) -> Path:
 # ----------------------------------------------------------------------------- execution
 
 @contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Temporarily set environment variables (the kernel inherits ``os.environ``)."""
+def _environ(**values: str | None) -> Iterator[None]:
+    """Temporarily set (or, with None, unset) environment variables (the kernel inherits ``os.environ``)."""
     saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
     try:
+        _set_environ(values)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environ(saved)
+
+
+def _set_environ(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _prepend(var: str, path: Path) -> str:
@@ -286,11 +290,13 @@ def keep_other_scale(output: Path, results: Path, scale: str) -> Path | None:
 
 def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke", *,
                     cwd: str | Path | None = None, records_dir: str | Path | None = None,
-                    timeout: float | None = None, log_output: bool = True) -> ChapterRun:
+                    timeout: float | None = None, log_output: bool = True,
+                    parameters: dict | None = None) -> ChapterRun:
     """Execute one notebook with papermill, ``SCALE`` injected; raise :class:`ChapterFailed` on error.
 
     The kernel runs in ``cwd`` (default: the notebook's folder) with ``COURSE_RECORDS_DIR`` =
     ``records_dir`` (default: the output's folder). ``timeout`` limits each cell, in seconds.
+    ``parameters`` are injected too (e.g. ``{"SEED": 1}``).
     """
     import papermill
 
@@ -307,7 +313,8 @@ def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke"
     with _environ(**_kernel_environment(records)):
         try:
             papermill.execute_notebook(
-                str(source), str(output), parameters={"SCALE": scale}, kernel_name=KERNEL_NAME, language="python",
+                str(source), str(output), parameters={"SCALE": scale, **(parameters or {})},
+                kernel_name=KERNEL_NAME, language="python",
                 cwd=str(cwd or source.parent), progress_bar=False, log_output=log_output,
                 execution_timeout=timeout)
         except Exception as error:  # noqa: BLE001 - cell errors, timeouts, dead kernels
@@ -317,17 +324,21 @@ def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke"
 
 
 def execute_all(names: Iterable[str], book_dir: str | Path = BOOK_DIR, scale: str = "smoke",
-                timeout: float | None = None) -> list[ChapterRun]:
-    """Execute chapters ``names`` into ``<book_dir>/chapters/``, stopping at the first failure."""
+                timeout: float | None = None, parameters: dict | None = None) -> list[ChapterRun]:
+    """Execute chapters ``names`` into ``<book_dir>/chapters/``, stopping at the first failure.
+
+    ``parameters``: injected into every chapter besides ``SCALE`` (e.g. ``{"SEED": 1}``).
+    """
     names = list(names)
     runs = []
     for i, name in enumerate(names, 1):
         source = source_notebook(name)
         if not source.exists():
             raise FileNotFoundError(f"chapter {name}: no source notebook {source}")
-        print(f"=== [{i}/{len(names)}] {name} (SCALE={scale})", flush=True)
+        shown = "".join(f", {key}={value!r}" for key, value in (parameters or {}).items())
+        print(f"=== [{i}/{len(names)}] {name} (SCALE={scale}{shown})", flush=True)
         run_ = execute_chapter(source, Path(book_dir) / "chapters" / f"{name}.ipynb", scale,
-                               cwd=CHAPTERS_DIR, timeout=timeout)
+                               cwd=CHAPTERS_DIR, timeout=timeout, parameters=parameters)
         print(f"=== {name} done in {run_.seconds:.0f} s", flush=True)
         runs.append(run_)
     return runs
@@ -385,15 +396,17 @@ def build_html(book_dir: str | Path = BOOK_DIR, *, verbose: bool = True) -> Path
 # ----------------------------------------------------------------------------- all together
 
 def run(scale: str = "smoke", book_dir: str | Path = BOOK_DIR, chapters: Iterable[str] | None = None,
-        build: bool = True, timeout: float | None = None) -> dict:
+        build: bool = True, timeout: float | None = None, parameters: dict | None = None) -> dict:
     """Execute the chapters (default: all in the toc) and build the book.
+
+    ``parameters``: injected into every chapter besides ``SCALE`` (e.g. ``{"SEED": 1}``).
 
     Returns ``{"scale", "book_dir", "notebooks": {name: path}, "results": {name: path or None},
     "seconds": {name: s}, "unexecuted": [names], "html_index": path or None}``.
     """
     book_dir = prepare_book_dir(book_dir)
     toc = toc_chapters(book_dir / "_toc.yml")
-    runs = execute_all(_select(chapters, toc), book_dir, scale, timeout)
+    runs = execute_all(_select(chapters, toc), book_dir, scale, timeout, parameters)
     unexecuted = _add_unexecuted(book_dir, toc) if build else []
     return {
         "scale": scale,

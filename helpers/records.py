@@ -40,7 +40,7 @@ Value = float | int | bool | str
 #: Where ``load_reference`` looks by default.
 REFERENCES_DIR = Path(__file__).resolve().parents[1] / "tests" / "references"
 
-_SPEC_KEYS = {"value", "abs_tol", "min", "max", "equals", "when"}
+_SPEC_KEYS = {"value", "abs_tol", "min", "max", "equals", "when", "images", "claim"}
 
 
 def records_dir(scale: str = "") -> Path:

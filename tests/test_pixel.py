@@ -396,7 +396,18 @@ def test_an_image_stops_at_the_first_generation_with_a_successful_candidate():
         np.testing.assert_array_equal(cut.adversarial[stops < stop], full.adversarial[stops < stop])
 
 
-def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel):
+def one_image_at_a_time(model):
+    """The model's forward pass image by image: outputs that cannot depend on the batch shape."""
+    return lambda x: np.concatenate([np.asarray(model(x[i:i + 1], training=False), np.float32) for i in range(len(x))])
+
+
+def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel, monkeypatch):
+    """What batch_size changes is only how the candidates are grouped into model calls. With a forward
+    pass whose outputs cannot depend on that grouping (image by image here), every result is identical.
+    TensorFlow's batched kernels may round an output differently for another batch shape (vectorised
+    main loop or scalar tail), which can tip a search between two nearly equal candidates: that is
+    not promised away."""
+    monkeypatch.setattr(pixel, "_forward", one_image_at_a_time)
     images = dark_images(5, seed=9)
     for model, target in ((toy, None), (toy, 2), (toy_multilabel, None)):
         settings = dict(pixels=2, target=target, population=12, generations=6, seed=1, progress=False)
@@ -409,7 +420,10 @@ def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel):
     np.testing.assert_array_equal(small.adversarial, large.adversarial)
 
 
-def test_an_image_gets_the_same_search_whatever_else_is_attacked_with_it(toy, toy_multilabel):
+def test_an_image_gets_the_same_search_whatever_else_is_attacked_with_it(toy, toy_multilabel, monkeypatch):
+    """Its own random stream: alone, with others, at another position - the same search (outputs image by
+    image, so that only the random draws could differ; see the batch-size test)."""
+    monkeypatch.setattr(pixel, "_forward", one_image_at_a_time)
     images = dark_images(6, seed=3)
     for model, target in ((toy, None), (toy, 2), (toy_multilabel, None)):
         settings = dict(pixels=2, target=target, population=12, generations=6, seed=5, progress=False)

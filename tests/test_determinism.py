@@ -1,0 +1,20 @@
+"""Same seed, same machine: a chapter's results file is identical, bit for bit."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import config
+from helpers.regression import run_chapters
+
+pytestmark = [pytest.mark.slow, pytest.mark.book]
+CHAPTER = "06_multilabel_pixel_attacks"      # trains a model, draws images and runs the pixel attacks
+
+
+def test_a_chapter_run_twice_from_scratch_records_identical_numbers(tmp_path, monkeypatch):
+    monkeypatch.delenv(config.ENV_MEDMNIST_DIR, raising=False)
+    texts = []
+    for run in ("first", "second"):               # each with a new, empty cache: nothing is reloaded
+        results = run_chapters("smoke", [CHAPTER], tmp_path / run)
+        texts.append(results[CHAPTER].read_text())
+    assert texts[0] == texts[1]
+    assert '"chest/pixels1/success_rate"' in texts[0]
