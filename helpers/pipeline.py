@@ -232,15 +232,26 @@ def tidy_outputs(notebook: Path) -> int:
     """Remove what a reader of the rendered chapter should not see; return how many outputs changed.
 
     * TensorFlow's runtime log lines on stderr (the chapter's own warnings stay);
-    * progress-bar widgets: papermill does not save their state, so the book would show them at 0 %.
+    * progress-bar widgets: papermill does not save their state, so the book would show them at 0 %
+      (and their saved state would make the page load widget scripts from the internet);
+    * papermill's injected ``# Parameters`` cell (tagged ``remove-cell`` for the book): the reader
+      sees the chapter's own parameters cell, and the chapter prints the scale it ran at;
+
+    and it hands the alt text of a cell's figures (stored by :mod:`helpers.plots`) to the book
+    (myst-nb's cell-level ``image`` options: one alt text for the figures of a cell).
     """
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
-    changed = 0
+    changed = int(nb.metadata.pop("widgets", None) is not None)   # their state: loads widget scripts from CDNs
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+            changed += 1
+        changed += _alt_text_to_cell(cell)
         kept = []
         for output in cell.outputs:
             if output.get("output_type") == "display_data" and _WIDGET_VIEW in output.get("data", {}):
@@ -259,6 +270,19 @@ def tidy_outputs(notebook: Path) -> int:
     if changed:
         nbformat.write(nb, notebook)
     return changed
+
+
+def _alt_text_to_cell(cell) -> int:
+    """Set the cell's image alt text (myst-nb cell metadata) from its figure outputs; 1 if set."""
+    alts = []
+    for output in cell.outputs:
+        alt = output.get("metadata", {}).get("alt")
+        if "image/png" in output.get("data", {}) and alt and alt not in alts:
+            alts.append(alt)
+    if not alts:
+        return 0
+    cell.metadata.setdefault("mystnb", {}).setdefault("image", {})["alt"] = " | ".join(alts)
+    return 1
 
 
 def executed_scale(notebook: Path) -> str | None:

@@ -4,6 +4,10 @@ Every function returns the :class:`matplotlib.figure.Figure` it drew on. Single-
 functions take an optional ``ax``; multi-panel ones an optional ``axes`` sequence.
 Every plot axes gets a title and labelled x/y axes (image grids: per-image titles and a
 figure suptitle instead). Bad shapes raise :class:`ValueError` naming the parameter.
+
+Importing this module also gives every figure a notebook shows an alt text for screen readers
+(:func:`figure_alt_text`: its title, and each panel's title and axes), stored with the output; the
+book pipeline hands it to the rendered page.
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["confusion_heatmap", "confusion_grid", "training_curves", "image_grid", "class_balance"]
+__all__ = ["confusion_heatmap", "confusion_grid", "training_curves", "image_grid", "class_balance",
+           "figure_alt_text"]
+ALT_TEXT_LIMIT = 400  # characters
 
 #: History keys tried, in order, for the accuracy panel (Keras may append "_1", "_2", ...).
 ACCURACY_KEYS = ("accuracy", "acc", "binary_accuracy", "categorical_accuracy",
@@ -310,3 +316,41 @@ def class_balance(counts: Mapping[str, Mapping[str, int]], title: str, ax: Axes 
     ax.set(title=title, xlabel="class", ylabel="number of images")
     _rotate_long_ticks(ax, frame["class"].unique())
     return ax.figure
+
+
+# --------------------------------------------------------------------------- alt text
+
+def figure_alt_text(fig: Figure, limit: int = ALT_TEXT_LIMIT) -> str:
+    """A short description of ``fig`` for screen readers: its title, then each panel's title and axes."""
+    title = fig._suptitle.get_text().strip() if getattr(fig, "_suptitle", None) is not None else ""
+    panels = []
+    for ax in fig.axes:
+        if not ax.get_visible() or ax.get_label() == "<colorbar>":
+            continue
+        labels = ", ".join(f"{axis}: {text}" for axis, text in (("x", ax.get_xlabel()), ("y", ax.get_ylabel())) if text)
+        name = ax.get_title().strip()
+        panel = f"{name} ({labels})" if name and labels else name or labels
+        if panel and panel not in panels:
+            panels.append(panel)
+    text = ". ".join(part for part in (title, "; ".join(panels)) if part) or "A figure without title or axis labels"
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
+def _attach_alt_text_to_inline_figures() -> None:
+    """Let the notebook's inline backend store :func:`figure_alt_text` in every figure output's metadata."""
+    try:
+        from matplotlib_inline import backend_inline
+    except ImportError:       # not in a notebook
+        return
+    original = backend_inline._fetch_figure_metadata
+    if getattr(original, "adds_alt_text", False):
+        return
+
+    def with_alt_text(fig):
+        return {**(original(fig) or {}), "alt": figure_alt_text(fig)}
+
+    with_alt_text.adds_alt_text = True
+    backend_inline._fetch_figure_metadata = with_alt_text
+
+
+_attach_alt_text_to_inline_figures()

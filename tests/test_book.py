@@ -57,8 +57,12 @@ def test_executed_chapters_have_no_errors_and_show_figures(built_book, chapter):
     outputs = [o for c in notebook.cells for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     page = (Path(built_book["book_dir"]) / "_build" / "html" / "chapters" / f"{chapter}.html").read_text()
-    assert len(re.findall(r'<img[^>]+src="[^"]*_images/[^"]+\.png"', page)) >= 3
+    figures = re.findall(r'<img[^>]+src="[^"]*_images/[^"]+\.png"[^>]*>', page)
+    assert len(figures) >= 3
+    alts = [re.search(r'alt="([^"]*)"', tag) for tag in figures]
+    assert all(alt and alt.group(1).strip() and "_images/" not in alt.group(1) for alt in alts), figures[:2]
     assert "Summary" in page and "Exercises" in page
+    assert "# Parameters</span>" not in page          # papermill's injected cell is hidden: one parameters cell
 
 
 def test_chapter_page_shows_table_figures_and_data_kind(built_book):

@@ -91,6 +91,34 @@ def test_executed_chapter_gets_scale_and_records_next_to_it(tmp_path):
                                                    "values": {"tiny/answer": 42}}
 
 
+def test_injected_parameters_are_used_and_their_cell_is_hidden_from_the_book(tmp_path):
+    source = write_notebook(tmp_path / "01_seeded.ipynb",
+                            "from helpers.records import Recorder\nRecorder('01_seeded', SCALE).log('seed', SEED)",
+                            parameters='SCALE = "cpu"\nSEED = 0')
+    output = tmp_path / "book" / "chapters" / "01_seeded.ipynb"
+    ran = execute_chapter(source, output, "smoke", log_output=False, parameters={"SEED": 3})
+    assert json.loads(ran.results.read_text())["values"] == {"seed": 3}
+    cells = nbformat.read(output, as_version=4).cells
+    injected = [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "remove-cell" in injected[0].metadata["tags"]
+    own = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(own) == 1 and "remove-cell" not in own[0].metadata["tags"]     # the reader sees this one
+
+
+def test_figures_reach_the_book_with_their_alt_text(tmp_path):
+    source = write_notebook(
+        tmp_path / "01_figure.ipynb",
+        "import matplotlib.pyplot as plt\nimport helpers.plots\n"
+        "fig, ax = plt.subplots()\nax.plot([0, 1], [1, 0])\n"
+        "ax.set(title='Falling line', xlabel='time (s)', ylabel='height (m)')\nfig.suptitle('A test figure')\nplt.show()")
+    output = tmp_path / "book" / "chapters" / "01_figure.ipynb"
+    execute_chapter(source, output, "smoke", log_output=False)
+    cell = [c for c in nbformat.read(output, as_version=4).cells if "plt.show()" in c.source][0]
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs)
+    alt = cell.metadata["mystnb"]["image"]["alt"]
+    assert alt == "A test figure. Falling line (x: time (s), y: height (m))"
+
+
 def test_a_run_at_another_scale_keeps_the_earlier_one(tmp_path):
     source = write_notebook(
         tmp_path / "01_tiny.ipynb",

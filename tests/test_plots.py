@@ -191,3 +191,17 @@ def test_class_balance_on_given_ax_with_missing_class():
 def test_class_balance_bad_input(counts):
     with pytest.raises(ValueError, match="counts"):
         plots.class_balance(counts, title="bad")
+
+
+def test_alt_text_names_the_title_and_every_panel():
+    from helpers.plots import figure_alt_text
+
+    fig, axes = plt.subplots(1, 2)
+    axes[0].set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    axes[1].set(xlabel="epoch")
+    fig.suptitle("Training curves")
+    assert figure_alt_text(fig) == "Training curves. Accuracy (x: epoch, y: accuracy); x: epoch"
+    fig.suptitle("A" * 500)
+    assert len(figure_alt_text(fig)) == 400 and figure_alt_text(fig).endswith("...")
+    assert figure_alt_text(plt.figure()) == "A figure without title or axis labels"
+    plt.close("all")
