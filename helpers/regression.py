@@ -198,7 +198,8 @@ def derive(scale: str, seeds: list[int], *, chapters: Iterable[str] | None = Non
 
     With ``no_local_data`` the local data folders are unset for the run (every dataset synthetic,
     as on a fresh machine). The file is rewritten after each seed, so an interrupted run keeps
-    what it measured; the configuration's earlier entry is replaced.
+    what it measured. The configuration's earlier entry is replaced; with ``chapters``, only those
+    chapters' runs are (when the entry has the same seeds), the others are kept.
     """
     from .pipeline import toc_chapters
 
@@ -210,6 +211,9 @@ def derive(scale: str, seeds: list[int], *, chapters: Iterable[str] | None = Non
     spread = load_spread(scale, folder)
     with _environ(**unset):
         name = configuration_name()
+        earlier = spread["configurations"].get(name, {})
+        kept = {chapter: runs for chapter, runs in earlier.get("runs", {}).items()
+                if chapter not in names and earlier.get("seeds") == [int(seed) for seed in seeds]}
         entry = {**environment_description(), "seeds": [], "local_data": {v: bool(os.environ.get(v)) for v in LOCAL_DATA},
                  "runs": {chapter: [] for chapter in names}}
         for seed in seeds:
@@ -218,6 +222,8 @@ def derive(scale: str, seeds: list[int], *, chapters: Iterable[str] | None = Non
                 path = results.get(chapter)
                 entry["runs"][chapter].append(load_results(path)["values"] if path else {})
             entry["seeds"].append(int(seed))
+            if len(entry["seeds"]) == len(seeds):
+                entry["runs"].update(kept)          # complete: the chapters not run this time come back
             entry["stats"] = _stats(entry["runs"])
             spread["configurations"][name] = entry
             _write_json(spread_path(scale, folder), spread)

@@ -163,3 +163,25 @@ def test_every_chapter_has_a_reference_and_no_rate_over_fewer_than_ten_images_is
         for key, spec in regression._specs(reference):
             if "equals" not in spec and key.rsplit("/", 1)[-1].endswith(("rate", "accuracy", "baseline")):
                 assert spec.get("images", 0) >= regression.MIN_IMAGES, f"{chapter}: {key} needs 'images' >= 10"
+
+
+def test_deriving_some_chapters_again_keeps_the_others(tmp_path, monkeypatch):
+    def fake_run(scale, chapters, work, *, seed=None, cache=None):
+        work.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for chapter in chapters:
+            paths[chapter] = work / f"{chapter}.results.json"
+            paths[chapter].write_text(json.dumps({"values": {"seed": seed, "chapter": chapter, "run": fake_run.run}}))
+        return paths
+
+    monkeypatch.setattr(regression, "run_chapters", fake_run)
+    monkeypatch.delenv("MEDMNIST_DIR", raising=False)
+    monkeypatch.delenv("NATURAL_IMAGES_DIR", raising=False)
+    fake_run.run = 1
+    regression.derive("smoke", [0, 1, 2, 3, 4], chapters=["a", "b"], folder=tmp_path, work=tmp_path / "w1")
+    fake_run.run = 2
+    regression.derive("smoke", [0, 1, 2, 3, 4], chapters=["b"], folder=tmp_path, work=tmp_path / "w2")
+    entry = regression.load_spread("smoke", tmp_path)["configurations"]["no-local-data"]
+    assert [v["run"] for v in entry["runs"]["a"]] == [1] * 5 and [v["run"] for v in entry["runs"]["b"]] == [2] * 5
+    assert [v["seed"] for v in entry["runs"]["a"]] == [0, 1, 2, 3, 4]
+    assert entry["stats"]["a"]["run"]["mean"] == 1 and entry["stats"]["b"]["run"]["mean"] == 2
