@@ -782,3 +782,11 @@ def test_pixel_examples_circles_every_changed_pixel():
     assert fig.axes[2].get_xlabel() == "b (60%)" and fig._suptitle.get_text() == "examples"
     with pytest.raises(ValueError, match="one text per image"):
         plots.pixel_examples(clean, adversarial, pixels, ["a"], ["b", "c"], "x")
+
+
+def test_the_random_control_is_the_searchs_own_starting_population(toy):
+    images = dark_images(12, seed=8)
+    control = pixel.random_pixels(toy, images, pixels=1, tries=15, seed=4)
+    search = pixel.pixel_attack(toy, images, pixels=1, population=15, generations=3, seed=4, progress=False)
+    assert control.success.any() and np.all(search.success[control.success])
+    np.testing.assert_array_equal(search.generations[control.success], 0)     # stopped at its start
