@@ -65,6 +65,7 @@ class Row:
     value: str      # this run's value, or "-" when the check does not apply
     status: str     # "ok", "FAIL" or "n/a"
     detail: str = ""
+    claim: str = ""  # what a bound on a difference stands for
 
 
 def describe_check(spec: dict) -> str:
@@ -97,16 +98,15 @@ def report_rows(results: dict, reference: dict) -> list[Row]:
         failure = _check_one(key, spec, values)
         check = describe_check(spec) if isinstance(spec, dict) and spec.keys() & {"value", "min", "max", "equals"} \
             else "(invalid)"
-        if spec.get("claim"):
-            check += f"  [{spec['claim']}]"
         applies = isinstance(spec, dict) and all(k in values for k in spec.get("when", {})) \
             and _applies(spec, values)
         if failure is None and not applies:
             when = ", ".join(f"{k} = {v}" for k, v in spec.get("when", {}).items())
-            rows.append(Row(chapter, key, check, "-", "n/a", f"only when {when}"))
+            rows.append(Row(chapter, key, check, "-", "n/a", f"only when {when}", spec.get("claim", "")))
             continue
         shown = _shown(values[key]) if key in values else "missing"
-        rows.append(Row(chapter, key, check, shown, "ok" if failure is None else "FAIL", failure or ""))
+        rows.append(Row(chapter, key, check, shown, "ok" if failure is None else "FAIL", failure or "",
+                        spec.get("claim", "")))
     return rows
 
 
@@ -117,7 +117,8 @@ def format_table(rows: list[Row]) -> str:
     lines = []
     for row in [header, *rows]:
         cells = [getattr(row, f).ljust(w) for f, w in zip(("chapter", "key", "check", "value"), widths)]
-        lines.append("  ".join([*cells, row.status]).rstrip())
+        claim = f"  ({row.claim})" if row.claim else ""
+        lines.append(("  ".join([*cells, row.status.ljust(4)]) + claim).rstrip())
         if row.status == "FAIL":
             lines.append(" " * (widths[0] + 2) + "-> " + row.detail)
     counts = {status: sum(r.status == status for r in rows) for status in ("ok", "FAIL", "n/a")}

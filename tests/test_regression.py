@@ -32,7 +32,8 @@ def test_report_has_one_row_per_check_with_status_and_value():
     table = {row.key: row for row in rows}
     assert [row.key for row in rows] == ["n", "rate", "gap", "random", "real_only"]
     assert table["rate"].check == "0.200 ± 0.050" and table["rate"].value == "0.22" and table["rate"].status == "ok"
-    assert table["gap"].check.startswith(">= 0.050") and "UAP beats random" in table["gap"].check
+    assert table["gap"].check == ">= 0.050" and table["gap"].claim == "UAP beats random"
+    assert "ok    (UAP beats random)" in regression.format_table(rows)
     assert table["random"].check == "<= 0.030" and table["n"].check == "= 800"
     assert table["real_only"].status == "n/a" and "data = real" in table["real_only"].detail
 
