@@ -473,8 +473,9 @@ def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "a
     class, capped by the preset and what the split holds), random oversampling of the
     skin-lesion training set (its copies are marked: :meth:`MedDataset.distinct`), no image
     without a finding in the multi-label training set (paper 004), and the preset's
-    ``max_train``/``max_test`` caps everywhere. ``preset`` is a :class:`~helpers.scales.Preset` or a scale name ("smoke", ...). The
-    images are sampled as stored (uint8) and only the chosen ones are turned into float32.
+    ``max_train``/``max_test`` caps everywhere. ``preset`` is a :class:`~helpers.scales.Preset`
+    or a scale name ("smoke", ...). The images are sampled as stored (uint8) and only the chosen
+    ones are turned into float32.
     """
     info = get_info(name)
     preset = as_preset(preset)

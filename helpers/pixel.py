@@ -59,7 +59,8 @@ MIN_BATCH, MAX_BATCH = 32, 4096   # ... and between these many images
 
 __all__ = [
     "PixelAttackResult", "pixel_attack", "random_pixels",
-    "pixel_bounds", "image_streams", "random_population", "apply_pixels", "default_batch_size", "draw_donors", "mutate", "select",
+    "pixel_bounds", "image_streams", "random_population", "apply_pixels", "default_batch_size", "draw_donors",
+    "mutate", "select",
     "cosine_similarity", "fitness", "is_success",
     "success_rate_table", "transformation_table", "transform_ratio", "conversion_table", "avg_cl",
     "label_set_names", "label_set_table", "finding_counts", "findings_per_image", "report",
@@ -831,7 +832,7 @@ def save_result(result: PixelAttackResult, path) -> bool:
 
     extra = {} if result.target is None else {"target": result.target}
     return save_npz_once(path, **{name: getattr(result, name) for name in _ARRAYS}, **extra,
-                  seconds=result.seconds, multilabel=result.multilabel, method=result.method)
+                         seconds=result.seconds, multilabel=result.multilabel, method=result.method)
 
 
 def load_result(path) -> PixelAttackResult:

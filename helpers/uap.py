@@ -365,9 +365,10 @@ def save_uap(result: UAPResult, path) -> bool:
     from .config import save_npz_once
 
     return save_npz_once(path, perturbation=result.perturbation, norm=result.norm, xi=result.xi, eps=result.eps,
-                  target=-1 if result.target is None else result.target, mode=result.mode,
-                  rates=np.asarray(result.rates), eval_rates=np.asarray(result.eval_rates), passes=result.passes,
-                  seconds=result.seconds, zeta=np.nan if result.zeta is None else result.zeta)
+                         target=-1 if result.target is None else result.target, mode=result.mode,
+                         rates=np.asarray(result.rates), eval_rates=np.asarray(result.eval_rates),
+                         passes=result.passes, seconds=result.seconds,
+                         zeta=np.nan if result.zeta is None else result.zeta)
 
 
 def load_uap(path) -> UAPResult:
