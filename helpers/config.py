@@ -106,12 +106,12 @@ def write_chapter_links(chapters_dir: Path | None = None) -> list[Path]:
     for path in sorted(folder.glob("*.ipynb")):
         notebook = json.loads(path.read_text(encoding="utf-8"))
         title, install = notebook["cells"][0], notebook["cells"][1]
-        text = re.sub(r"\[(?:!\[Open In Colab\]\([^)]*\)|Open this chapter in Colab)\]\([^)]*\)",
-                      colab_link(path.stem), "".join(title["source"]))
-        new = {"title": text, "install": install_cell()}
-        if new["title"] != "".join(title["source"]) or new["install"] != "".join(install["source"]):
-            title["source"] = new["title"].splitlines(keepends=True)
-            install["source"] = new["install"].splitlines(keepends=True)
+        old_title, old_install = "".join(title["source"]), "".join(install["source"])
+        new_title = re.sub(r"\[(?:!\[Open In Colab\]\([^)]*\)|Open this chapter in Colab)\]\([^)]*\)",
+                           colab_link(path.stem), old_title)
+        if (new_title, install_cell()) != (old_title, old_install):
+            title["source"] = new_title.splitlines(keepends=True)
+            install["source"] = install_cell().splitlines(keepends=True)
             path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             changed.append(path)
     return changed

@@ -60,3 +60,24 @@ def test_supported_ranges_match_requirements_txt():
     low, high = environment.SUPPORTED["tensorflow"]
     assert f"tensorflow>={low},<{high}" in text
     assert "adversarial-robustness-toolbox==1.20.*" in text and "numpy>=2.0" in text
+
+
+def test_chapter_links_and_install_cells_are_rewritten_from_one_setting(tmp_path):
+    import json
+
+    from helpers import config
+
+    old = {"cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": [
+            "# 9. A chapter\n", "\n",
+            "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://example.org/x)\n"]},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": ["!pip install -q \"medattack-helpers @ git+https://github.com/medattack-course/medattack@main\""]}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "09_a_chapter.ipynb"
+    path.write_text(json.dumps(old))
+    assert config.write_chapter_links(tmp_path) == [path]
+    cells = json.loads(path.read_text())["cells"]
+    assert config.colab_link("09_a_chapter") in "".join(cells[0]["source"]) and "colab-badge" not in str(cells[0])
+    assert "".join(cells[1]["source"]) == config.install_cell()
+    assert config.write_chapter_links(tmp_path) == []                  # nothing left to change
