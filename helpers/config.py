@@ -16,6 +16,7 @@ REPO_REF = "v0.2.0"
 ENV_CACHE_DIR = "COURSE_CACHE_DIR"      # models, UAPs, downloaded data, results
 ENV_MEDMNIST_DIR = "MEDMNIST_DIR"      # folder(s) of MedMNIST npz files, ':'-separated
 ENV_RECORDS_DIR = "COURSE_RECORDS_DIR"  # where chapters write their key numbers
+ENV_NATURAL_DIR = "NATURAL_IMAGES_DIR"  # folder of natural photos for chapter 4 (paper 001)
 
 
 def cache_dir(*parts: str) -> Path:
@@ -94,6 +95,25 @@ def _link_once(source: Path, path: Path) -> bool:
             return False
         os.replace(source, path)
         return True
+
+
+def publish_folder(staging: Path, folder: Path, keep_if) -> bool:
+    """Rename the finished ``staging`` folder to ``folder``; True if it was.
+
+    The rename fails when another process put ``folder`` there meanwhile: then, if
+    ``keep_if(folder)`` (e.g. the entry is complete), that folder is kept and ``staging`` deleted
+    (False); otherwise the error is raised.
+    """
+    import shutil
+
+    try:
+        staging.rename(folder)
+        return True
+    except OSError:
+        if not keep_if(folder):
+            raise
+        shutil.rmtree(staging)
+        return False
 
 
 def write_chapter_links(chapters_dir: Path | None = None) -> list[Path]:

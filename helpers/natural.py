@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-ENV_NATURAL_DIR = "NATURAL_IMAGES_DIR"
+from .config import ENV_NATURAL_DIR
+
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 #: Openly licensed photographs in scikit-image (name: licence): everyday scenes and textures, no
 #: medical or microscopy images (paper 001's attacker has no medical data), each photo once.

@@ -40,15 +40,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ENV_CACHE_DIR, ENV_MEDMNIST_DIR
-from .pipeline import _environ
+from .config import ENV_CACHE_DIR, ENV_MEDMNIST_DIR, ENV_NATURAL_DIR
+from .pipeline import ChapterFailed, _environ, _select, run, toc_chapters
 from .records import REFERENCES_DIR, _applies, _check_one, _is_number, load_reference, load_results
 
 SIGMAS = 3                # a check covers mean +- SIGMAS standard deviations of the seeds
 MIN_SEEDS = 5             # a spread needs at least this many seeds
 MIN_IMAGES = 10           # no check on a rate over fewer images
 MAX_TOLERANCE = 0.25      # a value check wider than +- this says nothing: not checked at that scale
-ENV_NATURAL_DIR = "NATURAL_IMAGES_DIR"
 LOCAL_DATA = (ENV_MEDMNIST_DIR, ENV_NATURAL_DIR)
 VERSIONED = ("tensorflow", "keras", "numpy", "adversarial-robustness-toolbox", "papermill")
 
@@ -144,8 +143,6 @@ def check_results(results_dir: str | Path, chapters: Iterable[str], scale: str) 
 def run_chapters(scale: str, chapters: Iterable[str] | None, work: Path, *, seed: int | None = None,
                  cache: Path | None = None) -> dict[str, Path | None]:
     """Execute the chapters into ``work`` (a fresh cache ``work/cache`` unless ``cache``); their results files."""
-    from .pipeline import run
-
     parameters = None if seed is None else {"SEED": int(seed)}
     with _environ(**{ENV_CACHE_DIR: str(cache or work / "cache")}):
         summary = run(scale, work / "book", chapters=chapters, build=False, parameters=parameters)
@@ -202,8 +199,6 @@ def derive(scale: str, seeds: list[int], *, chapters: Iterable[str] | None = Non
     what it measured. The configuration's earlier entry is replaced; with ``chapters``, only those
     chapters' runs are (when the entry has the same seeds), the others are kept.
     """
-    from .pipeline import toc_chapters
-
     if len(set(seeds)) < MIN_SEEDS:
         raise ValueError(f"seeds={seeds}: a spread needs at least {MIN_SEEDS} different seeds.")
     names = list(chapters or toc_chapters())
@@ -387,7 +382,6 @@ def untraceable(scale: str, folder: str | Path | None = None) -> list[str]:
 # ----------------------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
-    from .pipeline import ChapterFailed, _select, toc_chapters
     from .scales import SCALES
 
     parser = argparse.ArgumentParser(prog="python -m helpers.regression", description=__doc__.split("\n\n")[0])

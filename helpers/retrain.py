@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import uap
-from .config import cache_dir
+from .config import cache_dir, publish_folder
 from .data import draw_distinct
 from .models import weights_digest
 from .training import fit, save_trained, set_seed
@@ -257,23 +256,11 @@ def _save_round(folder: Path, model, row: dict, fresh: uap.UAPResult, adv_pred: 
     (staging / "round.json").write_text(json.dumps({k: _plain(v) for k, v in row.items()}, indent=2))
     if folder.exists() and not _is_complete(folder):
         folder.rename(folder.with_name(f"{folder.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}-{staging.name}"))
-    return _publish(staging, folder)
+    return publish_folder(staging, folder, _is_complete)
 
 
 def _is_complete(folder: Path) -> bool:
     return (folder / "round.json").is_file()
-
-
-def _publish(staging: Path, folder: Path) -> bool:
-    """Rename ``staging`` to ``folder`` unless a complete round is there already (then drop ``staging``)."""
-    try:
-        staging.rename(folder)          # fails if another process's round is there
-        return True
-    except OSError:
-        if not _is_complete(folder):
-            raise
-        shutil.rmtree(staging)
-        return False
 
 
 def _plain(value):

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .config import cache_dir
+from .config import cache_dir, publish_folder
 from .data import MedDataset
 from .models import WeightsUnavailableError, get_architecture, model_for
 from .scales import Preset, as_preset
@@ -251,14 +251,7 @@ def save_trained(model: keras.Model, folder: Path, meta: dict, history: dict, *,
     (staging / "history.json").write_text(json.dumps(history, indent=2))
     if folder.exists() and not (keep_existing and _is_cached(folder)):
         folder.rename(_unused_name(folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")))
-    try:
-        staging.rename(folder)          # fails if another process saved this model meanwhile
-        return True
-    except OSError:
-        if not (keep_existing and _is_cached(folder)):
-            raise
-        shutil.rmtree(staging)
-        return False
+    return publish_folder(staging, folder, lambda saved: keep_existing and _is_cached(saved))
 
 
 def _unused_name(path: Path) -> Path:
