@@ -93,17 +93,17 @@ def check(scale: str, *, verbose: bool = True) -> dict:
         print("versions: " + ", ".join(f"{name} {v}" for name, v in found.items()))
     if bad := unsupported(found):
         raise UnsupportedEnvironment(f"This course needs other library versions: {'; '.join(bad)}. Install the "
-                                f"course's requirements (pip install -r requirements.txt) and restart the kernel.")
+                                     f"course's requirements (pip install -r requirements.txt) and restart the kernel.")
     devices = gpus()
     if verbose:
         print("GPU: " + (", ".join(devices) if devices else "none (TensorFlow runs on the CPU)"))
     if preset.name in NEEDS_GPU:
         if not devices:
-            raise UnsupportedEnvironment(f"SCALE='{preset.name}' needs a GPU and TensorFlow sees none: on Colab choose "
-                                    f"Runtime > Change runtime type > T4 GPU, or run SCALE='smoke' or 'cpu' here.")
+            raise UnsupportedEnvironment(f"SCALE='{preset.name}' needs a GPU and TensorFlow sees none: on Colab "
+                                         f"choose Runtime > Change runtime type > T4 GPU, or run SCALE='smoke' or 'cpu' here.")
         side = preset.backbone_input or preset.image_size
         if preset.weights == "imagenet" and (why := _imagenet_weights_problem(preset.main_architecture, side)):
-            raise UnsupportedEnvironment(f"SCALE='{preset.name}' needs the ImageNet weights of {preset.main_architecture}, "
-                                    f"which could not be fetched ({why}); connect to the internet or run "
-                                    f"SCALE='smoke' or 'cpu'.")
+            raise UnsupportedEnvironment(f"SCALE='{preset.name}' needs the ImageNet weights of "
+                                         f"{preset.main_architecture}, which could not be fetched ({why}); connect "
+                                         f"to the internet or run SCALE='smoke' or 'cpu'.")
     return {"versions": found, "gpus": devices}
