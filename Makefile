@@ -3,6 +3,7 @@
 #   make book [SCALE=smoke|cpu|gpu|paper]   execute the chapters and build book/_build/html
 #   make test                               run the test suite
 #   make regress [SCALE=smoke]              the chapters' numbers against the references, as a table
+#   make rehearse SCALE=gpu|paper           every chapter on the scale's code paths, tiny budgets, on a CPU
 #   make help                               list all targets
 #
 # Needs only Python >= 3.11 (set PYTHON=... to pick one); the first run creates .venv.
@@ -24,10 +25,13 @@ ifneq ($(strip $(NATURAL_IMAGES_DIR)),)
 export NATURAL_IMAGES_DIR
 endif
 
+# Where `make rehearse` writes its chapters and cache (rehearsal models never mix with the real ones).
+REHEARSAL_DIR ?= $(abspath build/rehearsal-$(SCALE))
+
 export TF_CPP_MIN_LOG_LEVEL := 2
 export MPLBACKEND := Agg
 
-.PHONY: help book test regress references clean strip venv
+.PHONY: help book test rehearse regress references clean strip venv
 
 help:  ## list the targets
 	@echo "Targets (variables: SCALE=$(SCALE), PYTHON=$(PYTHON)):"
@@ -39,6 +43,11 @@ book: $(STAMP)  ## execute the chapters at SCALE and build the HTML book
 test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest -q
 
+rehearse: $(STAMP)  ## execute every chapter with SCALE's code paths, tiny budgets, random weights, synthetic data
+	COURSE_CACHE_DIR=$(REHEARSAL_DIR)/cache $(PY) -m helpers.pipeline --scale $(SCALE) --rehearsal --no-build \
+	  --jobs 2 --book-dir $(REHEARSAL_DIR)/book
+	$(PY) -m helpers.timing --check $(REHEARSAL_DIR)/book/chapters --scale $(SCALE)
+
 regress: $(STAMP)  ## execute the chapters at SCALE from scratch and print their numbers against the references
 	$(PY) -m helpers.regression report --scale $(SCALE)
 
@@ -47,8 +56,8 @@ references: $(STAMP)  ## measure the seed spread (5 seeds, with and without loca
 	$(PY) -m helpers.regression derive --scale $(SCALE) --seeds 0 1 2 3 4 --no-local-data
 	$(PY) -m helpers.regression references --scale $(SCALE)
 
-clean:  ## remove the built book and executed chapters (keeps the model cache)
-	rm -rf book/_build book/chapters
+clean:  ## remove the built book, executed chapters and rehearsals (keeps the model cache)
+	rm -rf book/_build book/chapters build
 
 strip: $(STAMP)  ## clear outputs and execution counts from chapters/*.ipynb
 	$(PY) -c 'from helpers.pipeline import strip_notebooks; [print("stripped", p) for p in strip_notebooks()]'

@@ -2,8 +2,9 @@
 
 The official npz files are downloaded from Zenodo, cached, and checked against their
 published MD5. A folder of npz files can be given with ``root=`` or the ``MEDMNIST_DIR``
-environment variable (several folders separated by ``:``). Images come back as float32
-in [0, 1] with shape (N, H, W, C), C = 1 for greyscale and 3 for colour.
+environment variable (several folders separated by ``:``). A :class:`MedDataset` keeps the
+images as stored (uint8) and hands them out as float32 in [0, 1] with shape (N, H, W, C),
+C = 1 for greyscale and 3 for colour, a few at a time or all at once.
 
 Where the real data cannot be had (offline), :func:`load` can return a synthetic stand-in
 with the same shapes, classes and task type (see :mod:`helpers.synthetic`); such a dataset
@@ -135,26 +136,79 @@ def get_info(name: str) -> DatasetInfo:
 
 @dataclass
 class MedDataset:
-    """One split of a dataset: float32 images in [0, 1] and their labels.
+    """One split of a dataset: images and their labels.
 
-    ``images``: (N, H, W, C); ``labels``: (N,) int64, or (N, L) uint8 for multi-label.
+    The pixels stay as stored (``stored``: uint8 0-255 for the real files, float32 in [0, 1] for
+    the synthetic stand-ins); ``index`` says which stored image is each of the dataset's N images,
+    so subsets and oversampling copy no pixel. They become float32 in [0, 1] only when asked for:
+    :meth:`take` (some images), :meth:`batches` (all, a batch at a time: memory grows with the
+    batch, not with N) or :attr:`images` (all at once, for sets small enough to hold as float32).
+    ``labels``: (N,) int64, or (N, L) uint8 for multi-label. ``added``: UAPs added on the fly,
+    (K, H, W, C) and per image the UAP's index or -1 (adversarial retraining, :mod:`helpers.retrain`).
     """
 
     info: DatasetInfo
     split: str
-    images: np.ndarray
+    stored: np.ndarray                    # (M, H, W, C) as stored
     labels: np.ndarray
     synthetic: bool = False
     source: str = ""
     notes: list = field(default_factory=list)
     duplicate: np.ndarray | None = None   # (N,) bool: True for the copies oversampling added
+    index: np.ndarray | None = None       # (N,) positions in ``stored``; None: stored in order (N = M)
+    added: tuple[np.ndarray, np.ndarray] | None = None   # (UAPs (K, H, W, C), choice per image (N,))
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
 
     @property
     def size(self) -> int:
-        return int(self.images.shape[1])
+        return int(self.stored.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image's shape (H, W, C)."""
+        return tuple(self.stored.shape[1:])
+
+    @property
+    def images(self) -> np.ndarray:
+        """All N images as float32 (N, H, W, C) in [0, 1]: a new array on every access."""
+        return self.take(np.arange(len(self)))
+
+    def take(self, positions) -> np.ndarray:
+        """The images at ``positions`` (ints, or a slice like ``slice(0, 200)``) as float32 (n, H, W, C) in [0, 1]."""
+        if isinstance(positions, slice):
+            positions = np.arange(len(self))[positions]
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        rows = positions if self.index is None else self.index[positions]
+        images = self.stored[rows]
+        images = to_unit_float(images) if images.dtype == np.uint8 else images.astype(np.float32)
+        if self.added is not None:
+            uaps, choice = self.added
+            chosen = choice[positions]
+            perturbed = np.flatnonzero(chosen >= 0)
+            images[perturbed] = np.clip(images[perturbed] + uaps[chosen[perturbed]], 0.0, 1.0)
+        return images
+
+    def batches(self, batch_size: int, order=None):
+        """Float32 batches (b, H, W, C) of the images, in ``order`` (default: as they are)."""
+        order = np.arange(len(self)) if order is None else np.asarray(order)
+        for start in range(0, len(order), batch_size):
+            yield self.take(order[start:start + batch_size])
+
+    @property
+    def stored_bytes(self) -> int:
+        """Memory the stored pixels take (bytes)."""
+        return int(self.stored.nbytes)
+
+    def compact(self) -> "MedDataset":
+        """The same dataset holding only the stored images it uses (a copy of those; repeats kept by index)."""
+        if self.index is None:
+            return self
+        used, rows = np.unique(self.index, return_inverse=True)
+        if len(used) == len(self.stored):      # every stored image is used: nothing to drop
+            return self
+        return replace(self, stored=self.stored[used], index=rows.astype(np.int64), notes=list(self.notes))
 
     @property
     def kind(self) -> str:
@@ -162,11 +216,16 @@ class MedDataset:
         return "SYNTHETIC" if self.synthetic else "real"
 
     def subset(self, index) -> "MedDataset":
-        """A new dataset with the images at ``index`` (array of ints or booleans)."""
+        """A new dataset with the images at ``index`` (array of ints or booleans); no pixel is copied."""
         index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = index.astype(np.int64)
         duplicate = None if self.duplicate is None else self.duplicate[index]
-        return replace(self, images=self.images[index], labels=self.labels[index], notes=list(self.notes),
-                       duplicate=duplicate)
+        added = None if self.added is None else (self.added[0], self.added[1][index])
+        rows = index if self.index is None else self.index[index]
+        return replace(self, index=rows, labels=self.labels[index], notes=list(self.notes), duplicate=duplicate,
+                       added=added)
 
     def distinct(self) -> np.ndarray:
         """Positions of the images as drawn from the stored split: each once, without oversampling's copies."""
@@ -180,7 +239,7 @@ class MedDataset:
 
     def describe(self) -> str:
         return (f"{self.info.title} [{self.split}] {len(self)} images of {self.size}x{self.size}x"
-                f"{self.images.shape[-1]} - {self.kind} data ({self.source})")
+                f"{self.stored.shape[-1]} - {self.kind} data ({self.source})")
 
     def __repr__(self) -> str:
         return f"MedDataset({self.describe()})"
@@ -352,15 +411,6 @@ def load(name: str, split: str = "train", size: int = 28, *, source: str = "auto
         seed: seed of the synthetic stand-in.
         synthetic_count: images in a synthetic split (default: a few thousand at most).
     """
-    stored = _load_stored(name, split, size, source=source, root=root, download=download,
-                          allow_synthetic=allow_synthetic, seed=seed, synthetic_count=synthetic_count,
-                          verbose=verbose)
-    return _as_float(stored)
-
-
-def _load_stored(name, split, size, *, source, root, download, allow_synthetic, seed, synthetic_count,
-                 verbose) -> MedDataset:
-    """:func:`load`, but real images stay uint8 as stored (float32 only after sampling)."""
     info = get_info(name)
     _check_size(size)
     if split not in SPLITS:
@@ -383,13 +433,6 @@ def _load_stored(name, split, size, *, source, root, download, allow_synthetic, 
     dataset.notes.append(f"synthetic stand-in: {reason}")
     if verbose:
         print(synthetic_banner(dataset, reason))
-    return dataset
-
-
-def _as_float(dataset: MedDataset) -> MedDataset:
-    """``dataset`` with float32 images in [0, 1] (the stored array is not kept)."""
-    if not dataset.synthetic:                 # synthetic images are float32 in [0, 1] already
-        dataset.images = to_unit_float(dataset.images)
     return dataset
 
 
@@ -462,7 +505,7 @@ def draw_distinct(dataset: MedDataset, count: int, rng: np.random.Generator) -> 
     positions in ``dataset``.
     """
     index = rng.permutation(dataset.distinct())[:count]
-    return dataset.images[index], index
+    return dataset.take(index), index
 
 
 def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "auto",
@@ -474,37 +517,25 @@ def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "a
     skin-lesion training set (its copies are marked: :meth:`MedDataset.distinct`), no image
     without a finding in the multi-label training set (paper 004), and the preset's
     ``max_train``/``max_test`` caps everywhere. ``preset`` is a :class:`~helpers.scales.Preset`
-    or a scale name ("smoke", ...). The images are sampled as stored (uint8) and only the chosen
-    ones are turned into float32.
+    or a scale name ("smoke", ...); a rehearsal preset always gets synthetic data. Each split keeps
+    one stored (uint8) copy of the images it uses; oversampling repeats them by index.
     """
     info = get_info(name)
     preset = as_preset(preset)
+    if preset.rehearsal:                      # a rehearsal runs on synthetic data of the scale's size
+        source = "synthetic"
     samplers = {"train": lambda d: _sample_train(d, preset, seed),
                 "val": lambda d: cap(d, preset.max_test, seed + 1),
                 "test": lambda d: _sample_test(d, preset, seed + 2)}
     splits = {}
     for split in SPLITS:
-        stored = _load_stored(info.key, split, preset.image_size, source=source, root=root, download=True,
+        stored = load(info.key, split, preset.image_size, source=source, root=root, download=True,
                               allow_synthetic=preset.offline_fallback, seed=seed,
                               synthetic_count=_synthetic_count(info, split, preset), verbose=verbose)
         verbose = verbose and not stored.synthetic  # one banner per dataset is enough
-        splits[split] = _as_float(_sampled(stored, samplers[split]))
+        splits[split] = samplers[split](stored).compact()
         del stored
     return splits
-
-
-def _sampled(dataset: MedDataset, sampler) -> MedDataset:
-    """``sampler`` run on the labels alone, then one copy of the chosen images.
-
-    The sampler sees a dataset whose "images" are the positions 0..N-1, so it picks
-    exactly what it would pick from the images, without moving any pixel.
-    """
-    positions = replace(dataset, images=np.arange(len(dataset)), notes=list(dataset.notes))
-    sampled = sampler(positions)
-    index = sampled.images
-    if len(index) == len(dataset) and np.array_equal(index, positions.images):
-        return dataset                        # everything, in order: no copy
-    return replace(dataset.subset(index), duplicate=sampled.duplicate)
 
 
 def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:

@@ -80,8 +80,10 @@ def _imagenet_weights_problem(architecture: str, side: int) -> str | None:
     return None
 
 
-def check(scale: str, *, verbose: bool = True) -> dict:
+def check(scale, *, verbose: bool = True) -> dict:
     """Print versions and GPU; raise :class:`UnsupportedEnvironment` (one sentence) when the chapter cannot run.
+
+    ``scale``: a scale name or a :class:`~helpers.scales.Preset` (a rehearsal needs neither GPU nor weights).
 
     Returns ``{"versions": ..., "gpus": [...]}``.
     """
@@ -97,7 +99,9 @@ def check(scale: str, *, verbose: bool = True) -> dict:
     devices = gpus()
     if verbose:
         print("GPU: " + (", ".join(devices) if devices else "none (TensorFlow runs on the CPU)"))
-    if preset.name in NEEDS_GPU:
+    if preset.rehearsal and verbose:
+        print(f"rehearsal of scale '{preset.name}': runs on the CPU, without a GPU or ImageNet weights")
+    if preset.name in NEEDS_GPU and not preset.rehearsal:
         if not devices:
             raise UnsupportedEnvironment(f"SCALE='{preset.name}' needs a GPU and TensorFlow sees none: on Colab "
                                          f"choose Runtime > Change runtime type > T4 GPU, or run SCALE='smoke' or 'cpu' here.")

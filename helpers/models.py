@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from . import costs
+
 
 class WeightsUnavailableError(RuntimeError):
     """The ImageNet weights could not be downloaded (offline?)."""
@@ -211,10 +213,17 @@ def check_images(images, model: keras.Model, name: str = "images") -> np.ndarray
 
 
 def predict_proba(model: keras.Model, images, batch_size: int = 256) -> np.ndarray:
-    """Model outputs (N, K) for images (N, H, W, C), computed in batches."""
-    images = check_images(images, model)
-    outputs = [np.asarray(model(images[i:i + batch_size], training=False))
-               for i in range(0, len(images), batch_size)]
+    """Model outputs (N, K) for images (N, H, W, C), computed in batches.
+
+    ``images`` may also be a :class:`~helpers.data.MedDataset`: it is then read a batch at a time.
+    """
+    if hasattr(images, "batches"):
+        batches = (check_images(batch, model) for batch in images.batches(batch_size))
+    else:
+        images = check_images(images, model)
+        batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+    outputs = [np.asarray(model(batch, training=False)) for batch in batches]
+    costs.count(model, "forward", sum(len(output) for output in outputs))
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 

@@ -132,7 +132,7 @@ def natural_images(size: int, channels: int, count: int = 200, folder=None, seed
                          f"was given, only scikit-image's few sample photographs. {FOLDER_HELP}")
     images = sample_photos(size, channels, count, seed)
     description = f"{len(images)} crops of scikit-image's openly licensed sample photographs"
-    if scale == "gpu":
+    if scale in ("gpu", "gpu-rehearsal", "paper-rehearsal"):
         print("!" * 78 + f"\n!! NATURAL IMAGES: {description}, not ImageNet: far less varied than paper 001's"
               f"\n!! attack set, so the natural-image UAPs are weaker than the paper's.\n!! {FOLDER_HELP}\n"
               + "!" * 78)

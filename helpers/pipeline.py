@@ -3,7 +3,7 @@
 Usage::
 
     python -m helpers.pipeline [--scale smoke] [--chapters 01_transfer_learning ...]
-                               [--book-dir book] [--no-build] [--timeout S]
+                               [--book-dir book] [--no-build] [--timeout S] [--jobs N] [--rehearsal]
 
 The chapters to run are the ``chapters/<name>`` entries of ``book/_toc.yml``. Each source
 notebook ``chapters/<name>.ipynb`` is executed with ``SCALE`` injected into its
@@ -55,6 +55,9 @@ class ChapterFailed(RuntimeError):
         super().__init__(report)
         self.chapter = chapter
         self.report = report
+
+    def __reduce__(self):          # crosses from a worker process (``jobs`` > 1) intact
+        return type(self), (self.chapter, self.report)
 
 
 class BuildFailed(RuntimeError):
@@ -285,12 +288,18 @@ def _alt_text_to_cell(cell) -> int:
     return 1
 
 
+def scale_label(scale: str, parameters: dict | None = None) -> str:
+    """``scale``, or ``<scale>-rehearsal`` when the parameters ask for a rehearsal (as ``Preset.label``)."""
+    return f"{scale}-rehearsal" if (parameters or {}).get("REHEARSAL") else scale
+
+
 def executed_scale(notebook: Path) -> str | None:
-    """The ``SCALE`` an executed notebook was run with (papermill's metadata), or None."""
+    """The scale label an executed notebook was run with (papermill's metadata), or None."""
     import nbformat
 
     try:
-        return nbformat.read(notebook, as_version=4).metadata["papermill"]["parameters"]["SCALE"]
+        parameters = nbformat.read(notebook, as_version=4).metadata["papermill"]["parameters"]
+        return scale_label(parameters["SCALE"], parameters)
     except Exception:  # noqa: BLE001 - not executed by papermill, unreadable, or no SCALE
         return None
 
@@ -330,7 +339,7 @@ def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke"
     results = records / f"{name}.results.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     records.mkdir(parents=True, exist_ok=True)
-    keep_other_scale(output, results, scale)
+    keep_other_scale(output, results, scale_label(scale, parameters))
     for stale in (output, results):  # never report a previous run's notebook or numbers
         stale.unlink(missing_ok=True)
     start = time.perf_counter()
@@ -348,24 +357,48 @@ def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke"
 
 
 def execute_all(names: Iterable[str], book_dir: str | Path = BOOK_DIR, scale: str = "smoke",
-                timeout: float | None = None, parameters: dict | None = None) -> list[ChapterRun]:
+                timeout: float | None = None, parameters: dict | None = None, jobs: int = 1) -> list[ChapterRun]:
     """Execute chapters ``names`` into ``<book_dir>/chapters/``, stopping at the first failure.
 
     ``parameters``: injected into every chapter besides ``SCALE`` (e.g. ``{"SEED": 1}``).
+    ``jobs`` > 1: the first chapter runs alone (it trains the models the others load), then the
+    others ``jobs`` at a time, each in its own process; a failure stops the chapters not yet started.
     """
     names = list(names)
-    runs = []
-    for i, name in enumerate(names, 1):
-        source = source_notebook(name)
-        if not source.exists():
-            raise FileNotFoundError(f"chapter {name}: no source notebook {source}")
-        shown = "".join(f", {key}={value!r}" for key, value in (parameters or {}).items())
-        print(f"=== [{i}/{len(names)}] {name} (SCALE={scale}{shown})", flush=True)
-        run_ = execute_chapter(source, Path(book_dir) / "chapters" / f"{name}.ipynb", scale,
-                               cwd=CHAPTERS_DIR, timeout=timeout, parameters=parameters)
-        print(f"=== {name} done in {run_.seconds:.0f} s", flush=True)
-        runs.append(run_)
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: run at least 1 chapter at a time.")
+    for name in names:
+        if not source_notebook(name).exists():
+            raise FileNotFoundError(f"chapter {name}: no source notebook {source_notebook(name)}")
+    tasks = [(i, len(names), str(source_notebook(name)), str(book_dir), scale, timeout, parameters, str(CHAPTERS_DIR))
+             for i, name in enumerate(names, 1)]
+    if jobs == 1 or len(names) < 3:
+        return [_execute_numbered(*task) for task in tasks]
+    runs = [_execute_numbered(*tasks[0])]
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_execute_numbered, *task) for task in tasks[1:]]
+        try:
+            runs += [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     return runs
+
+
+def _execute_numbered(i: int, total: int, source: str, book_dir: str, scale: str, timeout, parameters,
+                      cwd: str) -> ChapterRun:
+    """Execute the chapter notebook ``source`` (number ``i`` of ``total``) into ``<book_dir>/chapters/``."""
+    name = Path(source).stem
+    shown = "".join(f", {key}={value!r}" for key, value in (parameters or {}).items())
+    print(f"=== [{i}/{total}] {name} (SCALE={scale}{shown})", flush=True)
+    run_ = execute_chapter(source, Path(book_dir) / "chapters" / f"{name}.ipynb", scale,
+                           cwd=cwd, timeout=timeout, parameters=parameters)
+    print(f"=== {name} done in {run_.seconds:.0f} s", flush=True)
+    return run_
 
 
 def _add_unexecuted(book_dir: Path, names: Iterable[str]) -> list[str]:
@@ -420,17 +453,18 @@ def build_html(book_dir: str | Path = BOOK_DIR, *, verbose: bool = True) -> Path
 # ----------------------------------------------------------------------------- all together
 
 def run(scale: str = "smoke", book_dir: str | Path = BOOK_DIR, chapters: Iterable[str] | None = None,
-        build: bool = True, timeout: float | None = None, parameters: dict | None = None) -> dict:
+        build: bool = True, timeout: float | None = None, parameters: dict | None = None, jobs: int = 1) -> dict:
     """Execute the chapters (default: all in the toc) and build the book.
 
     ``parameters``: injected into every chapter besides ``SCALE`` (e.g. ``{"SEED": 1}``).
+    ``jobs``: chapters executed at a time after the first (see :func:`execute_all`).
 
     Returns ``{"scale", "book_dir", "notebooks": {name: path}, "results": {name: path or None},
     "seconds": {name: s}, "unexecuted": [names], "html_index": path or None}``.
     """
     book_dir = prepare_book_dir(book_dir)
     toc = toc_chapters(book_dir / "_toc.yml")
-    runs = execute_all(_select(chapters, toc), book_dir, scale, timeout, parameters)
+    runs = execute_all(_select(chapters, toc), book_dir, scale, timeout, parameters, jobs)
     unexecuted = _add_unexecuted(book_dir, toc) if build else []
     return {
         "scale": scale,
@@ -493,11 +527,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--book-dir", default=str(BOOK_DIR), help="book folder (default: the repository's book/)")
     parser.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="limit on each cell, in seconds")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="after the first chapter, execute N chapters at a time (default 1)")
+    parser.add_argument("--rehearsal", action="store_true",
+                        help="the scale's code paths with tiny budgets, random weights and synthetic data")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     start = time.perf_counter()
     try:
-        summary = run(args.scale, args.book_dir, args.chapters, build=not args.no_build, timeout=args.timeout)
+        summary = run(args.scale, args.book_dir, args.chapters, build=not args.no_build, timeout=args.timeout,
+                      parameters={"REHEARSAL": True} if args.rehearsal else None, jobs=args.jobs)
     except ChapterFailed as failure:
         print(f"\n{failure.report}", file=sys.stderr)
         return 1

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import costs
 from .models import check_images, is_multilabel, weights_digest
 
 MAX_PIXELS = 3          # the paper attacks with 1, 2 and 3 pixels
@@ -455,7 +456,12 @@ def _forward(model):
 
         owner = weakref.ref(model)    # no strong reference: the cache must not keep the model alive
         compiled = tf.function(lambda x: owner()(x, training=False), reduce_retracing=True)
-        _FORWARD[model] = lambda x: np.asarray(compiled(tf.convert_to_tensor(x, tf.float32)), dtype=np.float32)
+
+        def forward(x):
+            costs.count(owner(), "forward", len(x))
+            return np.asarray(compiled(tf.convert_to_tensor(x, tf.float32)), dtype=np.float32)
+
+        _FORWARD[model] = forward
     return _FORWARD[model]
 
 
@@ -730,7 +736,7 @@ def images_per_class(model, dataset, per_class: int, classes=None, seed: int = 0
                          f"is single-label; pass the softmax model trained on {dataset.info.key!r}.")
     _check_per("per_class", per_class)
     classes = range(dataset.info.n_classes) if classes is None else classes
-    correct = predict_labels(model, dataset.images) == dataset.labels
+    correct = predict_labels(model, dataset) == dataset.labels
     rng = np.random.default_rng(seed)
     return {int(c): np.sort(rng.permutation(np.flatnonzero(correct & (dataset.labels == c)))[:per_class])
             for c in classes}
@@ -769,8 +775,9 @@ def images_per_label_set(model, dataset, sets, per_set: int, seed: int = 0, corr
     sets = np.asarray(sets)
     if sets.ndim != 2 or sets.shape[1] != dataset.info.n_classes:
         raise ValueError(f"sets has shape {sets.shape}; expected (S, {dataset.info.n_classes}) label sets.")
-    images = check_images(dataset.images, model)
-    predicted = (_predict(model, images, _batch_size(batch_size, images.shape[1:])) > GAMMA).astype(np.uint8)
+    batches = dataset.batches(_batch_size(batch_size, dataset.shape))
+    proba = np.concatenate([_forward(model)(check_images(batch, model)) for batch in batches])
+    predicted = (proba > GAMMA).astype(np.uint8)
     rng = np.random.default_rng(seed)
     names = label_set_names(sets, dataset.info.short_names)
     out = {}

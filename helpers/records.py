@@ -29,10 +29,12 @@ import json
 import math
 import numbers
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import costs
 from .config import ENV_RECORDS_DIR, cache_dir
 
 Value = float | int | bool | str
@@ -68,14 +70,44 @@ def to_plain(value: Any) -> Value:
     raise TypeError(f"can only record a number, bool or str, not {type(value).__name__}: {value!r}")
 
 
+def peak_memory_mib() -> float | None:
+    """Peak resident memory of this process so far (MiB), or None where the system does not say."""
+    try:
+        import resource
+    except ImportError:                       # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)   # macOS: bytes; Linux: KiB
+
+
 class Recorder:
-    """Collect a chapter's key numbers and keep ``<chapter>.results.json`` up to date."""
+    """Collect a chapter's key numbers and keep ``<chapter>.results.json`` up to date.
+
+    The file also holds the image passes through each model since the recorder was made
+    (:mod:`helpers.costs`) and the kernel's peak memory, brought up to date after every notebook cell.
+    """
 
     def __init__(self, chapter: str, scale: str):
         self.chapter = str(chapter)
         self.scale = str(scale)
         self.values: dict[str, Value] = {}
         self._path = records_dir(self.scale) / f"{self.chapter}.results.json"
+        costs.reset()
+        self._write()
+        self._follow_cells()
+
+    def _follow_cells(self) -> None:
+        """In a notebook: rewrite the file after every cell, so that the pass counts stay current."""
+        try:
+            shell = get_ipython()  # noqa: F821 - defined inside IPython only
+        except NameError:
+            return
+        callbacks = shell.events.callbacks["post_run_cell"]
+        for callback in [c for c in callbacks if isinstance(getattr(c, "__self__", None), Recorder)]:
+            shell.events.unregister("post_run_cell", callback)   # a chapter re-run: one recorder at a time
+        shell.events.register("post_run_cell", self._after_cell)
+
+    def _after_cell(self, result=None) -> None:
         self._write()
 
     @property
@@ -93,7 +125,8 @@ class Recorder:
 
     def as_dict(self) -> dict:
         """The content of the results file."""
-        return {"chapter": self.chapter, "scale": self.scale, "values": dict(self.values)}
+        return {"chapter": self.chapter, "scale": self.scale, "values": dict(self.values),
+                "passes": costs.snapshot(), "peak_memory_mib": peak_memory_mib()}
 
     def _write(self) -> None:
         """Atomically rewrite the results file."""

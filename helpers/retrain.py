@@ -84,22 +84,41 @@ def perturbed_training_set(images: np.ndarray, perturbations: list, seed: int = 
     if stack.shape[1:] != images.shape[1:]:
         raise ValueError(f"perturbations have shape {stack.shape[1:]} but the images {images.shape[1:]}: "
                          "give UAPs of one image's shape (H, W, C).")
-    rng = np.random.default_rng(seed)
-    chosen = np.full(len(images), -1)
-    half = rng.permutation(len(images))[: len(images) // 2]
-    chosen[half] = rng.integers(len(stack), size=len(half))
+    chosen = _choose(len(images), len(stack), seed)
+    half = np.flatnonzero(chosen >= 0)
     out = images.copy()
     out[half] = np.clip(images[half] + stack[chosen[half]], 0.0, 1.0)
     return out, chosen
 
 
+def _choose(n_images: int, n_uaps: int, seed: int) -> np.ndarray:
+    """Per image the UAP it gets (-1 = clean): N // 2 images at random, each one UAP at random."""
+    rng = np.random.default_rng(seed)
+    chosen = np.full(n_images, -1)
+    half = rng.permutation(n_images)[: n_images // 2]
+    chosen[half] = rng.integers(n_uaps, size=len(half))
+    return chosen
+
+
 def retraining_set(train, perturbations: list, seed: int = 0):
     """``train`` (a :class:`~helpers.data.MedDataset`) with half its images perturbed; labels unchanged.
 
+    The images are those of :func:`perturbed_training_set`, but the UAPs are added a batch at a
+    time when the images are read (``MedDataset.added``): no second copy of the training set.
     Returns the new dataset and, per image, the index of its UAP (-1 = clean), shape (N,).
     """
-    images, chosen = perturbed_training_set(train.images, perturbations, seed)
-    return replace(train, images=images, labels=train.labels.copy(), notes=list(train.notes)), chosen
+    if len(train) == 0:
+        raise ValueError("train is empty: give the training split of data.load_for_scale.")
+    if len(perturbations) == 0:
+        raise ValueError("perturbations is empty: give at least one UAP of shape (H, W, C).")
+    stack = np.stack([np.asarray(p, dtype=np.float32) for p in perturbations])
+    if stack.shape[1:] != train.shape:
+        raise ValueError(f"perturbations have shape {stack.shape[1:]} but the images {train.shape}: "
+                         "give UAPs of one image's shape (H, W, C).")
+    if train.added is not None:
+        raise ValueError("train already carries UAPs (a retraining set): start from the clean training split.")
+    chosen = _choose(len(train), len(stack), seed)
+    return replace(train, labels=train.labels.copy(), notes=list(train.notes), added=(stack, chosen)), chosen
 
 
 # --------------------------------------------------------------------------- checks
@@ -275,5 +294,5 @@ def _load_round(folder: Path) -> tuple[dict, np.ndarray]:
 
 
 def _load_model(folder: Path) -> keras.Model:
-    return keras.models.load_model(folder / "model.keras")
+    return keras.models.load_model(folder / "model.keras", compile=False)
 

@@ -10,6 +10,13 @@ and reads everything else from :func:`get_preset`:
   inside ImageNet-pretrained backbones.
 * ``paper`` - the papers' full protocol: 224 px resized to 299 px, seven backbones,
   50 epochs, full attack budgets (hours on a GPU).
+
+A *rehearsal* (``get_preset(SCALE, rehearsal=True)``, a chapter's ``REHEARSAL`` parameter)
+runs a scale's shapes and code paths - its architectures, image size, backbone input, UAP
+mode, pixel victim, every branch its chapters take - with the tiny budgets of
+:data:`REHEARSAL_BUDGETS`, random-initialised backbones and synthetic data, so that the
+``gpu`` and ``paper`` paths can be executed on a CPU without the internet. Its numbers
+mean nothing; it exists to find what breaks before a reader does.
 """
 from __future__ import annotations
 
@@ -64,6 +71,7 @@ class Preset:
     retrain_rounds: int = 5              # adversarial retraining rounds (paper 000: 5)
     retrain_uaps: int = 10               # UAPs per retraining round (paper 000: 10)
     retrain_epochs: int = 5              # extra epochs per round (paper 000: 5)
+    rehearsal: bool = False              # tiny budgets, random backbones, synthetic data (see the module)
     notes: str = field(default="", compare=False)
 
     def epochs_for(self, architecture: str) -> int:
@@ -80,10 +88,16 @@ class Preset:
         """
         fields = {name: getattr(self, name) for name in TRAINING_FIELDS}
         stock = _PRESETS.get(self.name)
-        if stock is not None and fields == {name: getattr(stock, name) for name in TRAINING_FIELDS}:
+        if stock is not None and fields == {name: getattr(stock, name) for name in TRAINING_FIELDS} \
+                and not self.rehearsal:
             return self.name
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.name}-{digest}"
+        return f"{self.label}-{digest}"
+
+    @property
+    def label(self) -> str:
+        """The scale's name, with ``-rehearsal`` for a rehearsal: names its results and cache entries."""
+        return f"{self.name}-rehearsal" if self.rehearsal else self.name
 
     @property
     def pixel_victim(self) -> str:
@@ -93,8 +107,12 @@ class Preset:
     def describe(self) -> str:
         """One line for a chapter's output."""
         weights = self.weights or "random initialisation"
-        return (f"scale '{self.name}': {self.image_size} px, architectures {', '.join(self.architectures)}, "
+        line = (f"scale '{self.name}': {self.image_size} px, architectures {', '.join(self.architectures)}, "
                 f"{self.epochs} epochs, weights: {weights}")
+        if self.rehearsal:
+            line += ("\nREHEARSAL of this scale: its shapes and code paths with tiny budgets, random-initialised "
+                     "backbones standing in for the ImageNet weights and synthetic data; the numbers mean nothing.")
+        return line
 
 
 _PRESETS = {
@@ -118,14 +136,17 @@ _PRESETS = {
         retrain_rounds=5, retrain_uaps=5, retrain_epochs=2,
         notes="A laptop: minutes per chapter.",
     ),
+    # The gpu budgets are cut until every chapter's predicted compute on a T4 stays near 10 minutes
+    # (helpers/timing.py: image passes counted from the preset, times the per-image cost on a T4), so a
+    # chapter with its loading, tracing and plotting fits a 15-minute lab.
     "gpu": Preset(
         name="gpu", image_size=64, architectures=("inception_v3", "resnet50", "vgg16"),
-        main_architecture="inception_v3", weights="imagenet", offline_fallback=False, epochs=10,
-        backbone_input=128, train_per_class=1960, test_per_class=840, max_train=8000, max_test=3000,
-        uap_images=1000, uap_i_max=5, eval_images=1000, natural_images=10_000, natural_chunk=1000,
+        main_architecture="inception_v3", weights="imagenet", offline_fallback=False, epochs=5,
+        backbone_input=128, train_per_class=500, test_per_class=250, max_train=2000, max_test=1000,
+        uap_images=300, uap_i_max=3, eval_images=400, natural_images=800, natural_chunk=200,
         uap_mode="batched",              # the faithful loop would not fit a T4's 15 minutes; chapter 2 compares both
-        pixel_images_per_class=50, pixel_population=100, pixel_generations=100, pixel_architecture="resnet50",
-        retrain_rounds=5, retrain_uaps=10, retrain_epochs=3,
+        pixel_images_per_class=6, pixel_population=100, pixel_generations=40, pixel_architecture="resnet50",
+        retrain_rounds=3, retrain_uaps=3, retrain_epochs=1,
         notes="Colab T4: at most ~15 minutes per chapter.",
     ),
     "paper": Preset(
@@ -145,15 +166,34 @@ _PRESETS = {
 }
 
 
-def get_preset(scale: str, **overrides) -> Preset:
+#: What a rehearsal shrinks, and nothing else: a few images, one epoch, one pass, two generations.
+#: Two values of the zeta grid keep the chapters' curves; two chunks keep chapter 4's warm start.
+REHEARSAL_BUDGETS = {
+    "epochs": 1, "backbone_epochs": 1, "train_per_class": 6, "test_per_class": 4, "max_train": 42,
+    "max_test": 24, "uap_images": 8, "uap_i_max": 1, "eval_images": 16, "natural_images": 16,
+    "natural_chunk": 8, "pixel_images_per_class": 1, "pixel_population": 8, "pixel_generations": 2,
+    "retrain_rounds": 1, "retrain_uaps": 1, "retrain_epochs": 1,
+}
+
+
+def rehearsal_of(preset: Preset) -> Preset:
+    """``preset`` with :data:`REHEARSAL_BUDGETS` and the first two values of its zeta grid."""
+    return replace(preset, rehearsal=True, zeta_grid=preset.zeta_grid[:2], **REHEARSAL_BUDGETS)
+
+
+def get_preset(scale: str, rehearsal: bool = False, **overrides) -> Preset:
     """Return the preset for ``scale``; keyword arguments override single fields.
+
+    ``rehearsal=True`` gives the scale's rehearsal (see the module docstring).
 
     >>> get_preset("smoke").image_size
     28
     """
     if not isinstance(scale, str) or scale.lower() not in _PRESETS:
         raise ValueError(f"SCALE={scale!r} is not a scale; choose one of {', '.join(SCALES)}.")
-    preset = _PRESETS[scale.lower()]
+    if not isinstance(rehearsal, bool):
+        raise ValueError(f"REHEARSAL={rehearsal!r}: choose True (tiny budgets, the scale's code paths) or False.")
+    preset = rehearsal_of(_PRESETS[scale.lower()]) if rehearsal else _PRESETS[scale.lower()]
     unknown = set(overrides) - set(preset.__dataclass_fields__)
     if unknown:
         raise ValueError(f"get_preset: unknown field(s) {sorted(unknown)}; "

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import costs
 from .config import cache_dir, publish_folder
 from .data import MedDataset
 from .models import WeightsUnavailableError, get_architecture, model_for
@@ -53,12 +54,29 @@ def augmenter(seed: int = 0) -> keras.Sequential:
     ], name="augment")
 
 
-def make_pipeline(images, labels, batch_size: int, *, shuffle: bool, augment: bool, seed: int) -> tf.data.Dataset:
-    """A tf.data pipeline of (image, label) batches, shuffled and augmented for training."""
-    data = tf.data.Dataset.from_tensor_slices((images, labels))
+def make_pipeline(dataset: MedDataset, batch_size: int, *, shuffle: bool, augment: bool,
+                  seed: int) -> tf.data.Dataset:
+    """A tf.data pipeline of (image, label) batches, shuffled and augmented for training.
+
+    It shuffles positions, not pixels: each batch is read from the stored images and turned into
+    float32 when it is needed (``MedDataset.take``), so memory grows with the batch, not the set.
+    """
+    labels = np.asarray(dataset.labels)
+    shape = (None, *dataset.shape)
+
+    def read(positions):
+        return dataset.take(positions), labels[positions]
+
+    def load(positions):
+        images, batch_labels = tf.numpy_function(read, [positions], (tf.float32, tf.as_dtype(labels.dtype)))
+        images.set_shape(shape)
+        batch_labels.set_shape((None, *labels.shape[1:]))
+        return images, batch_labels
+
+    data = tf.data.Dataset.range(len(dataset))
     if shuffle:
-        data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    data = data.batch(batch_size)
+        data = data.shuffle(len(dataset), seed=seed, reshuffle_each_iteration=True)
+    data = data.batch(batch_size).map(load)
     if augment:
         aug = augmenter(seed)
         data = data.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
@@ -114,12 +132,13 @@ def fit(model: keras.Model, train, val=None, *, epochs: int, batch_size: int = 3
     set_seed(seed)
     base = learning_rate or 1e-3
     compile_for(model, train.info.multilabel, base, _optimizer_of(model))
-    data = make_pipeline(train.images, train.labels, batch_size, shuffle=True, augment=augment, seed=seed)
-    val_data = None if val is None else make_pipeline(val.images, val.labels, 256, shuffle=False,
-                                                      augment=False, seed=seed)
+    data = make_pipeline(train, batch_size, shuffle=True, augment=augment, seed=seed)
+    val_data = None if val is None else make_pipeline(val, 256, shuffle=False, augment=False, seed=seed)
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(epoch, epochs, base))
     history = model.fit(data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
                         callbacks=[schedule, TqdmEpochs(epochs, description)])
+    costs.count(model, "forward", epochs * (len(train) + (0 if val is None else len(val))))
+    costs.count(model, "backward", epochs * len(train))
     return {k: [float(v) for v in values] for k, values in history.history.items()}
 
 
@@ -217,13 +236,23 @@ def _train_and_save(model, splits, architecture, weights, preset, seed, folder, 
             "architecture": architecture, "weights": weights or "none (random initialisation)",
             "scale": preset.name, "seed": seed, "epochs": epochs, "train_images": len(train),
             "train_seconds": round(time.perf_counter() - start, 1), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if preset.rehearsal and weights:
+        meta["rehearsal"] = f"random initialisation standing in for the {weights} weights"
     if not save_trained(model, folder, meta, history, keep_existing=keep_existing):
         return load_trained(folder, verbose=False)     # another process saved this model first: use it
-    return TrainedModel(model, folder.name, folder, meta, history, from_cache=False)
+    # The saved model, without the optimizer's state (as large as the weights): what the attacks need.
+    saved = load_trained(folder, verbose=False)
+    return TrainedModel(saved.model, folder.name, folder, meta, history, from_cache=False)
 
 
 def _build(info, architecture, preset, weights, seed, verbose):
-    """The model and the weights it got: ``None`` after an allowed offline fallback."""
+    """The model and the weights it got: ``None`` after an allowed offline fallback.
+
+    A rehearsal (:mod:`helpers.scales`) builds every backbone from random initialisation but keeps
+    the weights it stands in for as the model's label, so the chapters take the scale's branches.
+    """
+    if preset.rehearsal:
+        return model_for(info, architecture, preset.image_size, None, preset.backbone_input, seed), weights
     try:
         model = model_for(info, architecture, preset.image_size, weights, preset.backbone_input, seed)
         return model, weights
@@ -268,7 +297,7 @@ def load_trained(folder: Path, verbose: bool = True) -> TrainedModel:
     folder = Path(folder)
     if not (folder / "model.keras").is_file():
         raise FileNotFoundError(f"{folder} holds no model.keras: not a trained-model folder.")
-    model = keras.models.load_model(folder / "model.keras")
+    model = keras.models.load_model(folder / "model.keras", compile=False)    # no optimizer state: fit compiles
     meta = json.loads((folder / "meta.json").read_text())
     history = json.loads((folder / "history.json").read_text())
     if verbose:

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import costs
 from .models import check_images, is_multilabel, predict_labels
 
 NORMS = {"2": 2, "l2": 2, 2: 2, "inf": np.inf, "linf": np.inf, np.inf: np.inf}
@@ -122,50 +123,64 @@ class UAPResult:
 
 # --------------------------------------------------------------------------- FGSM
 
-def _fgsm_direction(model, x, labels, n_classes: int, norm: float, targeted: bool):
-    """Unit FGSM step (N, H, W, C) on x: up the loss of ``labels`` (down if targeted)."""
+def _fgsm_direction(model, x, labels, n_classes: int, step_inf, targeted):
+    """Unit FGSM step (N, H, W, C) on x: up the loss of ``labels`` (down if ``targeted``).
+
+    ``step_inf`` and ``targeted`` are boolean tensors: a sign step (p = inf) or an L2-normalised one.
+    """
     with tf.GradientTape() as tape:
         tape.watch(x)
         probs = model(x, training=False)
         loss = keras.losses.categorical_crossentropy(tf.one_hot(labels, n_classes), probs)
     grad = tape.gradient(loss, x)
-    if targeted:
-        grad = -grad
-    if norm == np.inf:
-        return tf.sign(grad)
-    flat = tf.reshape(grad, (tf.shape(grad)[0], -1))
-    size = tf.maximum(tf.norm(flat, axis=1), 1e-12)
-    return grad / tf.reshape(size, (-1, 1, 1, 1))
+    grad = tf.cond(targeted, lambda: -grad, lambda: grad)
+
+    def l2_step():
+        flat = tf.reshape(grad, (tf.shape(grad)[0], -1))
+        size = tf.maximum(tf.norm(flat, axis=1), 1e-12)
+        return grad / tf.reshape(size, (-1, 1, 1, 1))
+
+    return tf.cond(step_inf, lambda: tf.sign(grad), l2_step)
 
 
-def _project_tf(rho, xi, norm: float):
-    if norm == np.inf:
-        return tf.clip_by_value(rho, -xi, xi)
-    size = tf.norm(tf.reshape(rho, (-1,)))
-    return rho * tf.minimum(1.0, xi / tf.maximum(size, 1e-12))
+def _project_tf(rho, xi, ball_inf):
+    """Projection onto the L_inf (``ball_inf``, a boolean tensor) or L_2 ball of radius xi."""
+    def l2_ball():
+        size = tf.norm(tf.reshape(rho, (-1,)))
+        return rho * tf.minimum(1.0, xi / tf.maximum(size, 1e-12))
+
+    return tf.cond(ball_inf, lambda: tf.clip_by_value(rho, -xi, xi), l2_ball)
 
 
-def _make_step(model, n_classes: int, norm: float, targeted: bool, step_norm: float = np.inf):
+def _make_step(model, n_classes: int, batch=None):
     """A compiled update of rho from a batch of images (the batched mode; batch 1 = faithful).
 
-    ``norm`` is the UAP's ball; ``step_norm`` the FGSM step's (ART's FGSM default: inf, a sign step).
-    The function refers to the model weakly, so caching it does not keep the model alive.
+    ``ball_inf`` chooses the UAP's ball (L_inf or L_2), ``step_inf`` the FGSM step's norm (ART's FGSM
+    default: inf, a sign step), ``targeted`` the kind of UAP: all three are tensors, so one trace
+    serves every setting. ``batch=None`` traces it once for any batch size, so that its results do not
+    depend on the batch sizes seen before; ``batch=1`` is the faithful loop's step. The function refers
+    to the model weakly, so caching it does not keep the model alive.
     """
     owner = weakref.ref(model)
+    shape = tuple(model.input_shape[1:])
+    flag = tf.TensorSpec((), tf.bool)
+    scalar = tf.TensorSpec((), tf.float32)
+    signature = [tf.TensorSpec(shape, tf.float32), tf.TensorSpec((batch, *shape), tf.float32),
+                 tf.TensorSpec((batch,), tf.int32), scalar, scalar, flag, flag, flag]
 
-    @tf.function(reduce_retracing=True)
-    def step(rho, x, goal, eps, xi):
+    @tf.function(input_signature=signature)
+    def step(rho, x, goal, eps, xi, ball_inf, step_inf, targeted):
         model = owner()
         x_rho = tf.clip_by_value(x + rho, 0.0, 1.0)
         current = tf.argmax(model(x_rho, training=False), axis=1, output_type=tf.int32)
-        active = tf.not_equal(current, goal) if targeted else tf.equal(current, goal)
-        direction = _fgsm_direction(model, x + rho, goal, n_classes, step_norm, targeted)
+        active = tf.where(targeted, tf.not_equal(current, goal), tf.equal(current, goal))
+        direction = _fgsm_direction(model, x + rho, goal, n_classes, step_inf, targeted)
         adv = tf.clip_by_value(x + rho + eps * direction, 0.0, 1.0)
         new = tf.argmax(model(adv, training=False), axis=1, output_type=tf.int32)
-        success = tf.equal(new, goal) if targeted else tf.not_equal(new, current)
+        success = tf.where(targeted, tf.equal(new, goal), tf.not_equal(new, current))
         accept = tf.cast(tf.logical_and(active, success), rho.dtype)
         increments = (adv - x - rho) * tf.reshape(accept, (-1, 1, 1, 1))
-        return _project_tf(rho + tf.reduce_sum(increments, axis=0), xi, norm), tf.reduce_sum(accept)
+        return _project_tf(rho + tf.reduce_sum(increments, axis=0), xi, ball_inf), tf.reduce_sum(accept)
 
     return step
 
@@ -174,9 +189,9 @@ def _make_faithful_pass(step):
     """One pass, image by image, as a single compiled TensorFlow loop around ``step``."""
 
     @tf.function(reduce_retracing=True)
-    def one_pass(rho, images, goals, eps, xi):
+    def one_pass(rho, images, goals, eps, xi, ball_inf, step_inf, targeted):
         for i in tf.range(tf.shape(images)[0]):
-            rho, _ = step(rho, images[i:i + 1], goals[i:i + 1], eps, xi)
+            rho, _ = step(rho, images[i:i + 1], goals[i:i + 1], eps, xi, ball_inf, step_inf, targeted)
         return rho
 
     return one_pass
@@ -185,14 +200,12 @@ def _make_faithful_pass(step):
 _COMPILED = weakref.WeakKeyDictionary()
 
 
-def _compiled(model, n_classes: int, norm: float, targeted: bool, step_norm: float):
-    """The compiled batch step and faithful pass for this model and setting, traced once and reused."""
+def _compiled(model, n_classes: int):
+    """The compiled batch step and faithful pass for this model, traced once and reused for every setting."""
     per_model = _COMPILED.setdefault(model, {})
-    key = (n_classes, norm, targeted, step_norm)
-    if key not in per_model:
-        step = _make_step(model, n_classes, norm, targeted, step_norm)
-        per_model[key] = (step, _make_faithful_pass(step))
-    return per_model[key]
+    if n_classes not in per_model:
+        per_model[n_classes] = (_make_step(model, n_classes), _make_faithful_pass(_make_step(model, n_classes, 1)))
+    return per_model[n_classes]
 
 
 # --------------------------------------------------------------------------- the attack
@@ -280,7 +293,9 @@ def universal_perturbation(model, images, *, zeta: float | None = None, xi: floa
     rho = tf.Variable(np.zeros(images.shape[1:], np.float32) if init is None else
                       project(np.asarray(init, np.float32), xi, norm_value).astype(np.float32), trainable=False)
     result = UAPResult(np.zeros(images.shape[1:], np.float32), norm_name(norm), xi, float(eps), target, mode, zeta=zeta)
-    step, one_pass = _compiled(model, n_classes, norm_value, target is not None, parse_norm(step_norm))
+    step, one_pass = _compiled(model, n_classes)
+    flags = (tf.constant(norm_value == np.inf), tf.constant(parse_norm(step_norm) == np.inf),
+             tf.constant(target is not None))
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     from tqdm.auto import tqdm
@@ -289,12 +304,14 @@ def universal_perturbation(model, images, *, zeta: float | None = None, xi: floa
         order = rng.permutation(len(images))
         x, g = tf.constant(images[order]), tf.constant(goals[order])
         if mode == "faithful":
-            rho.assign(one_pass(rho, x, g, tf.constant(eps, tf.float32), tf.constant(xi, tf.float32)))
+            rho.assign(one_pass(rho, x, g, tf.constant(eps, tf.float32), tf.constant(xi, tf.float32), *flags))
         else:
             for i in range(0, len(images), batch_size):
                 new, _ = step(rho, x[i:i + batch_size], g[i:i + batch_size], tf.constant(eps, tf.float32),
-                              tf.constant(xi, tf.float32))
+                              tf.constant(xi, tf.float32), *flags)
                 rho.assign(new)
+        costs.count(model, "forward", 3 * len(images))     # per image: two predictions and the FGSM step's
+        costs.count(model, "backward", len(images))
         perturbation = rho.numpy()
         result.rates.append(_rate(model, images, perturbation, clean, target))
         if eval_images is not None:

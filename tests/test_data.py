@@ -496,7 +496,7 @@ def test_load_for_scale_rejects_what_is_not_a_preset(preset, offline):
     assert "smoke" in str(error.value) and offline == []
 
 
-def test_load_for_scale_converts_only_the_sampled_images(tmp_path, monkeypatch, recwarn):
+def test_load_for_scale_keeps_one_stored_copy_of_the_sampled_images(tmp_path, monkeypatch, recwarn):
     write_fake_npz(tmp_path, "oct", sizes={"train": 400, "val": 100, "test": 200})
     preset = get_preset("smoke", train_per_class=10, test_per_class=5, max_test=30)
     converted = []
@@ -508,10 +508,11 @@ def test_load_for_scale_converts_only_the_sampled_images(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(data, "to_unit_float", spy)
     splits = load_for_scale("oct", preset, seed=4, root=tmp_path, source="real", verbose=False)
-    assert converted == [40, 30, 20]                       # never the whole split
+    assert converted == []                                 # nothing becomes float32 until it is read
     for split, sample in splits.items():
+        assert sample.stored.dtype == np.uint8 and len(sample.stored) == len(np.unique(sample.index))
         assert sample.images.dtype == np.float32 and sample.images.max() <= 1.0
-        full = load("oct", split, root=tmp_path)          # the same sample as from the float images
+        full = load("oct", split, root=tmp_path)          # the same sample as from the whole split
         sampler = {"train": lambda d: data._sample_train(d, preset, 4),
                    "val": lambda d: cap(d, preset.max_test, 5),
                    "test": lambda d: data._sample_test(d, preset, 6)}[split]

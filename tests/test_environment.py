@@ -81,3 +81,17 @@ def test_chapter_links_and_install_cells_are_rewritten_from_one_setting(tmp_path
     assert config.colab_link("09_a_chapter") in "".join(cells[0]["source"]) and "colab-badge" not in str(cells[0])
     assert "".join(cells[1]["source"]) == config.install_cell()
     assert config.write_chapter_links(tmp_path) == []                  # nothing left to change
+
+
+@pytest.mark.parametrize("scale", ["gpu", "paper"])
+def test_a_rehearsal_runs_on_the_cpu_without_imagenet_weights(monkeypatch, capsys, scale):
+    from helpers.scales import get_preset
+
+    monkeypatch.setattr(environment, "gpus", lambda: [])
+
+    def never(architecture, side):
+        raise AssertionError("a rehearsal must not fetch ImageNet weights")
+
+    monkeypatch.setattr(models, "fetch_imagenet_weights", never)
+    assert environment.check(get_preset(scale, rehearsal=True))["gpus"] == []
+    assert f"rehearsal of scale '{scale}'" in capsys.readouterr().out

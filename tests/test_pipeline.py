@@ -87,8 +87,9 @@ def test_executed_chapter_gets_scale_and_records_next_to_it(tmp_path):
     ran = execute_chapter(source, output, "smoke", log_output=False)
     assert ran.notebook == output and output.exists()
     assert ran.results == output.with_name("01_tiny.results.json")
-    assert json.loads(ran.results.read_text()) == {"chapter": "01_tiny", "scale": "smoke",
-                                                   "values": {"tiny/answer": 42}}
+    results = json.loads(ran.results.read_text())
+    assert results.pop("peak_memory_mib") > 0
+    assert results == {"chapter": "01_tiny", "scale": "smoke", "values": {"tiny/answer": 42}, "passes": {}}
 
 
 def test_injected_parameters_are_used_and_their_cell_is_hidden_from_the_book(tmp_path):
@@ -162,3 +163,34 @@ def test_strip_notebooks(tmp_path):
     cell = nbformat.read(path, as_version=4).cells[2]
     assert cell.outputs == [] and cell.execution_count is None
     assert strip_notebooks([path]) == []  # already clean: left untouched
+
+
+def test_a_rehearsal_keeps_the_real_run_of_its_scale(tmp_path):
+    source = write_notebook(
+        tmp_path / "01_tiny.ipynb",
+        "from helpers.records import Recorder\nRecorder('01_tiny', SCALE).log('tiny/rehearsal', REHEARSAL)",
+        parameters='SCALE = "cpu"\nREHEARSAL = False')
+    output = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
+    execute_chapter(source, output, "gpu", log_output=False)
+    execute_chapter(source, output, "gpu", log_output=False, parameters={"REHEARSAL": True})
+    assert pipeline.executed_scale(output) == "gpu-rehearsal"
+    assert pipeline.executed_scale(output.parent / "previous" / "gpu" / "01_tiny.ipynb") == "gpu"
+
+
+def test_chapters_run_in_parallel_after_the_first_and_failures_name_the_chapter(tmp_path, monkeypatch):
+    folder = tmp_path / "chapters"
+    folder.mkdir()
+    names = ["01_a", "02_b", "03_c", "04_d"]
+    for name in names:
+        code = "raise RuntimeError('broken on purpose')" if name == "04_d" else \
+            f"from helpers.records import Recorder\nRecorder('{name}', SCALE).log('x', 1)"
+        write_notebook(folder / f"{name}.ipynb", code)
+    monkeypatch.setattr(pipeline, "CHAPTERS_DIR", folder)
+    monkeypatch.setattr(pipeline, "source_notebook", lambda name: folder / f"{name}.ipynb")
+    runs = pipeline.execute_all(names[:3], tmp_path / "book", "smoke", jobs=2)
+    assert [r.name for r in runs] == names[:3] and all(r.results.exists() for r in runs)
+    with pytest.raises(ChapterFailed, match="broken on purpose") as failure:
+        pipeline.execute_all(names, tmp_path / "book", "smoke", jobs=2)
+    assert failure.value.chapter == "04_d"
+    with pytest.raises(ValueError, match="jobs=0"):
+        pipeline.execute_all(names, tmp_path / "book", "smoke", jobs=0)

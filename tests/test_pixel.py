@@ -626,10 +626,10 @@ def test_smoke_model_bad_inputs_raise(smoke_pneumonia_model):
 # --------------------------------------------------------------------------- choosing images, cache, figures
 
 def fake_dataset(key: str, images, labels):
-    """A MedDataset-like object with the attributes the selection helpers read."""
-    from types import SimpleNamespace
+    """A MedDataset of ``images`` with ``key``'s dataset description (the toy models' images are not its own)."""
+    from helpers.data import MedDataset
 
-    return SimpleNamespace(info=get_info(key), images=np.asarray(images, np.float32), labels=np.asarray(labels))
+    return MedDataset(get_info(key), "test", np.asarray(images, np.float32), np.asarray(labels))
 
 
 def test_images_per_class_takes_only_correctly_classified_images(toy):

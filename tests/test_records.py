@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from helpers import costs
 from helpers.records import Recorder, check_against_reference, load_reference, load_results
 
 
@@ -17,9 +18,23 @@ def records_env(tmp_path, monkeypatch):
 def test_file_written_where_the_env_var_points(records_env):
     rec = Recorder("01_transfer_learning", "smoke")
     assert rec.path == records_env / "01_transfer_learning.results.json"
-    assert load_results(rec.path) == {"chapter": "01_transfer_learning", "scale": "smoke", "values": {}}
+    written = load_results(rec.path)
+    assert written.pop("peak_memory_mib") > 0
+    assert written == {"chapter": "01_transfer_learning", "scale": "smoke", "values": {}, "passes": {}}
     rec.log("pneumonia/small_cnn/test_accuracy", 0.875)
     assert load_results(rec.path)["values"] == {"pneumonia/small_cnn/test_accuracy": 0.875}
+
+
+def test_the_file_holds_the_image_passes_counted_since_the_recorder_was_made(records_env):
+    costs.count(type("M", (), {"name": "vgg16_imagenet"})(), "forward", 99)     # before: not this chapter's
+    rec = Recorder("02_uap_nontargeted", "smoke")
+    model = type("M", (), {"name": "resnet50_imagenet"})()
+    costs.count(model, "forward", 30)
+    costs.count(model, "backward", 10)
+    rec.log("x", 1)
+    assert load_results(rec.path)["passes"] == {"resnet50": {"forward": 30, "backward": 10}}
+    with pytest.raises(ValueError, match="kind"):
+        costs.count(model, "sideways", 1)
 
 
 def test_default_folder_is_the_cache(tmp_path, monkeypatch):

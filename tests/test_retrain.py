@@ -70,6 +70,22 @@ def test_retraining_set_keeps_every_label_and_the_order(smoke_pneumonia_model):
     assert mixed.info == train.info and np.sum(chosen == 0) == 15
 
 
+def test_retraining_set_adds_the_uaps_as_images_are_read_and_matches_the_array_version():
+    from helpers import data
+
+    train = data.oversample(data.load("derma", "train", source="synthetic", synthetic_count=140, verbose=False))
+    uaps = [np.full(train.shape, 0.1 * (k + 1), np.float32) for k in range(3)]
+    mixed, chosen = retrain.retraining_set(train, uaps, seed=5)
+    assert mixed.stored is train.stored                             # no second copy of the training set
+    expected, expected_chosen = retrain.perturbed_training_set(train.images, uaps, seed=5)
+    np.testing.assert_array_equal(chosen, expected_chosen)
+    np.testing.assert_array_equal(mixed.images, expected)
+    part = np.array([7, 3, 100])
+    np.testing.assert_array_equal(mixed.subset(part).images, expected[part])
+    with pytest.raises(ValueError, match="already carries UAPs"):
+        retrain.retraining_set(mixed, uaps)
+
+
 @pytest.mark.parametrize("images, perturbations, fragment", [
     (np.zeros((4, 4, 4, 1)), [], "perturbations is empty"),
     (np.zeros((4, 4, 4, 1)), [np.zeros((5, 5, 1))], "perturbations have shape"),

@@ -115,3 +115,26 @@ def test_model_tag_is_the_name_unless_a_training_field_is_overridden():
     assert len(set(tags.values())) == len(TRAINING_FIELDS)
     assert all(tag.startswith("smoke-") and len(tag) == len("smoke-") + 8 for tag in tags.values())
     assert get_preset("smoke", epochs=7).model_tag() == tags["epochs"]
+
+
+@pytest.mark.parametrize("scale", ["gpu", "paper"])
+def test_a_rehearsal_keeps_the_scales_shapes_and_paths_and_shrinks_only_the_budgets(scale):
+    from dataclasses import fields
+
+    from helpers.scales import REHEARSAL_BUDGETS
+
+    stock, rehearsal = get_preset(scale), get_preset(scale, rehearsal=True)
+    changed = {f.name for f in fields(stock) if getattr(stock, f.name) != getattr(rehearsal, f.name)}
+    assert changed <= set(REHEARSAL_BUDGETS) | {"rehearsal", "zeta_grid"}
+    assert rehearsal.zeta_grid == stock.zeta_grid[:2] and rehearsal.uap_i_max == 1 and rehearsal.epochs == 1
+    for kept in ("architectures", "image_size", "backbone_input", "weights", "uap_mode", "pixel_victim"):
+        assert getattr(rehearsal, kept) == getattr(stock, kept)
+    assert rehearsal.label == f"{scale}-rehearsal" and stock.label == scale
+    assert rehearsal.model_tag().startswith(f"{scale}-rehearsal-")   # never the cache entries of the real scale
+    assert "REHEARSAL" in rehearsal.describe() and "REHEARSAL" not in stock.describe()
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_rehearsal_must_be_true_or_false(value):
+    with pytest.raises(ValueError, match="REHEARSAL="):
+        get_preset("gpu", rehearsal=value)

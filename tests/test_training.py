@@ -92,13 +92,32 @@ def test_augmenter_keeps_shape_and_range_and_moves_pixels():
 
 def test_training_pipeline_batches_and_keeps_range():
     train = data.load("pneumonia", "train", source="synthetic", synthetic_count=70, verbose=False)
-    batches = list(training.make_pipeline(train.images, train.labels, 32, shuffle=True, augment=True, seed=0))
+    batches = list(training.make_pipeline(train, 32, shuffle=True, augment=True, seed=0))
     assert [len(x) for x, _ in batches] == [32, 32, 6]
     images = np.concatenate([np.asarray(x) for x, _ in batches])
     labels = np.concatenate([np.asarray(y) for _, y in batches])
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert sorted(labels.tolist()) == sorted(train.labels.tolist())
     assert labels.tolist() != train.labels.tolist()           # shuffled
+
+
+def test_training_reads_the_images_a_batch_at_a_time(monkeypatch):
+    """Paper scale in bounded memory: fitting never holds more than a batch of float images."""
+    train = data.load("pneumonia", "train", source="synthetic", synthetic_count=150, verbose=False)
+    train = data.oversample(train, seed=0)                   # oversampled by index: no pixel copied
+    assert len(train.stored) == 150 < len(train)
+    val = data.load("pneumonia", "val", source="synthetic", synthetic_count=300, verbose=False)
+    read, take = [], data.MedDataset.take
+
+    def spy(self, positions):
+        read.append(len(np.asarray(positions).reshape(-1)))
+        return take(self, positions)
+
+    monkeypatch.setattr(data.MedDataset, "take", spy)
+    model = build_model("small_cnn", (28, 28, 1), 2, weights=None)
+    training.fit(model, train, val, epochs=2, batch_size=16)
+    assert read and max(read) <= 256                          # training batches of 16, validation of 256
+    assert sum(read) == 2 * (len(train) + len(val))           # every image read once per epoch, none more
 
 
 def test_model_key_format():
@@ -306,7 +325,8 @@ def test_offline_imagenet_falls_back_to_random_initialisation(monkeypatch, tmp_p
     assert "RANDOM INITIALISATION" in out and "Could not download the ImageNet weights" in out
     assert trained.key == model_key("pneumonia", "synthetic", 28, "mobilenet_v2", None, lenient, 0)
     assert trained.meta["weights"] == "none (random initialisation)"
-    assert not trained.from_cache and len(trained.history["loss"]) == 1 and trained.model.run_eagerly
+    assert not trained.from_cache and len(trained.history["loss"]) == 1
+    assert getattr(trained.model, "optimizer", None) is None     # the saved model, without the optimizer state
     assert trained.model.get_layer("resize").output.shape[1:3] == (32, 32)
     assert (tmp_path / "models" / trained.key / "model.keras").is_file()
     assert predict_labels(trained.model, train.images[:4]).shape == (4,)
@@ -338,3 +358,23 @@ def test_saving_twice_in_the_same_second_keeps_both_old_models(tmp_path):
     kept = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert len(kept) == 3 and "key" in kept                       # nothing lost
     assert json.loads((folder / "meta.json").read_text())["round"] == 2
+
+
+@pytest.mark.slow
+def test_a_rehearsal_trains_random_backbones_on_synthetic_data_under_the_scales_label(monkeypatch, tmp_path):
+    from helpers import models
+
+    real_backbone = models._backbone
+
+    def no_download(arch, side, weights):
+        assert weights is None, "a rehearsal must not download ImageNet weights"
+        return real_backbone(arch, side, weights)
+
+    monkeypatch.setattr(models, "_backbone", no_download)
+    monkeypatch.setenv("MEDMNIST_DIR", str(tmp_path))           # even with a data folder: synthetic data
+    preset = get_preset("gpu", rehearsal=True)
+    splits = data.load_for_scale("pneumonia", preset, verbose=False)
+    assert splits["train"].synthetic and splits["train"].size == 64 and len(splits["train"]) <= preset.max_train
+    trained = get_or_train(splits, "mobilenet_v2", preset, verbose=False)
+    assert trained.meta["weights"] == "imagenet" and "random initialisation" in trained.meta["rehearsal"]
+    assert "-gpu-rehearsal-" in trained.key and trained.model.get_layer("resize").output.shape[1] == 128
