@@ -41,7 +41,7 @@ book: $(STAMP)  ## execute the chapters at SCALE and build the HTML book
 	$(PY) -m helpers.pipeline --scale $(SCALE)
 
 test: $(STAMP)  ## run the test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 rehearse: $(STAMP)  ## execute every chapter with SCALE's code paths, tiny budgets, random weights, synthetic data
 	COURSE_CACHE_DIR=$(REHEARSAL_DIR)/cache $(PY) -m helpers.pipeline --scale $(SCALE) --rehearsal --no-build \
