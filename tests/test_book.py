@@ -97,6 +97,8 @@ def test_every_chapter_checks_its_environment_before_anything_else():
     for name in toc_chapters():
         notebook = nbformat.read(REPO / "chapters" / f"{name}.ipynb", as_version=4)
         code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+        assert "REHEARSAL = False" in code[1]  # the parameters cell: SCALE, REHEARSAL, SEED
         setup = code[2]                      # install cell, parameters cell, then the setup cell
-        assert "check_environment(SCALE)" in setup
-        assert setup.index("check_environment(SCALE)") < setup.index("get_preset(SCALE)")
+        order = [setup.find(part) for part in ("get_preset(SCALE, rehearsal=REHEARSAL)", "check_environment(preset)",
+                                               "Recorder(")]
+        assert -1 not in order and order == sorted(order), name   # the preset, checked, before anything runs
