@@ -170,6 +170,16 @@ def test_check_against_counts(tmp_path):
     assert message.startswith("05_pixel_attacks resnet50 forward: counted") and "(difference +1)" in message
 
 
+def test_chapters_run_side_by_side_may_redo_what_an_earlier_one_had_not_saved_yet(tmp_path):
+    chapter = "04_natural_image_uaps"             # reuses chapter 2's UAPs when run after it
+    shared = timing.chapter_passes(chapter, REHEARSAL, shared_cache=True)
+    alone = timing.chapter_passes(chapter, REHEARSAL, shared_cache=False)
+    assert alone != shared
+    write_results(tmp_path, chapter, alone)
+    assert timing.check_against_counts(tmp_path, REHEARSAL) != []             # in order: it must reuse them
+    assert timing.check_against_counts(tmp_path, REHEARSAL, parallel=True) == []
+
+
 def test_a_finished_rehearsal_agrees():
     folder = os.environ.get("COURSE_REHEARSAL_RESULTS")
     if not folder:
