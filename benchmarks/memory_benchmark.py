@@ -55,7 +55,6 @@ def write_npz(folder: Path, name: str, train_images: int, seed: int = 0) -> Path
             labels = rng.choice(info.n_classes, size=count, p=weights / weights.sum())
             labels[:info.n_classes] = np.arange(info.n_classes)
             arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
-        del shape
     path = folder / info.filename(224)
     np.savez(path, **arrays)
     return path
