@@ -9,6 +9,7 @@ sigmoid per finding for multi-label data.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,8 +213,27 @@ def check_images(images, model: keras.Model, name: str = "images") -> np.ndarray
     return images.astype(np.float32, copy=False)
 
 
+_FORWARD = weakref.WeakKeyDictionary()
+
+
+def compiled_forward(model: keras.Model):
+    """The model's inference pass as one compiled function for any batch size: (N, H, W, C) -> (N, K).
+
+    Traced once per model. A compiled call frees each layer's output as soon as the next layers have
+    used it; an eager call keeps far more (for 32 images at 299 px, DenseNet169 peaked at 13.5 GiB
+    eagerly and at 2.4 GiB compiled). The cache refers to the model weakly: it does not keep it alive.
+    """
+    if model not in _FORWARD:
+        import tensorflow as tf
+
+        owner = weakref.ref(model)
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+        _FORWARD[model] = tf.function(lambda x: owner()(x, training=False), input_signature=[spec])
+    return _FORWARD[model]
+
+
 def predict_proba(model: keras.Model, images, batch_size: int = 256) -> np.ndarray:
-    """Model outputs (N, K) for images (N, H, W, C), computed in batches.
+    """Model outputs (N, K) for images (N, H, W, C), computed in batches by :func:`compiled_forward`.
 
     ``images`` may also be a :class:`~helpers.data.MedDataset`: it is then read a batch at a time.
     """
@@ -222,7 +242,8 @@ def predict_proba(model: keras.Model, images, batch_size: int = 256) -> np.ndarr
     else:
         images = check_images(images, model)
         batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-    outputs = [np.asarray(model(batch, training=False)) for batch in batches]
+    forward = compiled_forward(model)
+    outputs = [forward(batch).numpy() for batch in batches]
     costs.count(model, "forward", sum(len(output) for output in outputs))
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
 

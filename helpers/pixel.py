@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from . import costs
-from .models import check_images, is_multilabel, weights_digest
+from .models import check_images, compiled_forward, is_multilabel, weights_digest
 
 MAX_PIXELS = 3          # the paper attacks with 1, 2 and 3 pixels
 DELTA = 1e-5            # equations 3-4: keeps the cosine similarity's denominator positive
@@ -446,23 +445,17 @@ def _stopped(wins, early_stop) -> np.ndarray:
     return wins.sum(axis=1) >= needed
 
 
-_FORWARD = weakref.WeakKeyDictionary()
-
-
 def _forward(model):
-    """The model's inference pass as a compiled function (traced once per model): images -> NumPy outputs."""
-    if model not in _FORWARD:
-        import tensorflow as tf
+    """The model's compiled inference pass on NumPy images, counted: images -> NumPy outputs."""
+    import tensorflow as tf
 
-        owner = weakref.ref(model)    # no strong reference: the cache must not keep the model alive
-        compiled = tf.function(lambda x: owner()(x, training=False), reduce_retracing=True)
+    compiled = compiled_forward(model)
 
-        def forward(x):
-            costs.count(owner(), "forward", len(x))
-            return np.asarray(compiled(tf.convert_to_tensor(x, tf.float32)), dtype=np.float32)
+    def forward(x):
+        costs.count(model, "forward", len(x))
+        return np.asarray(compiled(tf.convert_to_tensor(x, tf.float32)), dtype=np.float32)
 
-        _FORWARD[model] = forward
-    return _FORWARD[model]
+    return forward
 
 
 def _predict(model, images, batch_size) -> np.ndarray:

@@ -271,6 +271,27 @@ def test_predict_proba_of_an_empty_batch(small_cnn):
     assert predict_proba(small_cnn, np.zeros((0, 28, 28, 1), np.float32)).shape == (0, 2)
 
 
+def test_predict_proba_traces_once_for_every_batch_size_and_matches_the_eager_model(small_cnn):
+    x = images(37)
+    whole = predict_proba(small_cnn, x, batch_size=37)
+    for batch_size in (1, 5, 16):
+        np.testing.assert_allclose(predict_proba(small_cnn, x, batch_size=batch_size), whole, atol=1e-6)
+    assert models.compiled_forward(small_cnn).experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(whole, np.asarray(small_cnn(x, training=False)), atol=1e-6)
+
+
+def test_the_compiled_forward_cache_does_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    model = build_model("small_cnn", (28, 28, 1), 2, weights=None)
+    predict_proba(model, images(3))
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+
+
 def test_art_classifier_wraps_the_model(small_cnn):
     from art.estimators.classification import TensorFlowV2Classifier
 
