@@ -13,6 +13,7 @@ extra images, not by their float32 copies. The bound for the real set size is th
 
     python benchmarks/memory_benchmark.py [--dataset derma] [--images 600] [--architecture inception_v3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,13 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without installing
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def peak_gib() -> float:
@@ -48,12 +51,13 @@ def write_npz(folder: Path, name: str, train_images: int, seed: int = 0) -> Path
         shape = (count, 224, 224) + ((3,) if info.channels == 3 else ())
         arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
         if info.multilabel:
-            arrays[f"{split}_labels"] = (rng.uniform(size=(count, info.n_classes))
-                                         < np.array(FINDING_PREVALENCE)).astype(np.uint8)
+            arrays[f"{split}_labels"] = (
+                rng.uniform(size=(count, info.n_classes)) < np.array(FINDING_PREVALENCE)
+            ).astype(np.uint8)
         else:
             weights = np.array(CLASS_PROPORTIONS[name][split], dtype=float)
             labels = rng.choice(info.n_classes, size=count, p=weights / weights.sum())
-            labels[:info.n_classes] = np.arange(info.n_classes)
+            labels[: info.n_classes] = np.arange(info.n_classes)
             arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
     path = folder / info.filename(224)
     np.savez(path, **arrays)
@@ -76,7 +80,9 @@ def stored_bound() -> list[tuple[str, float, float]]:
         per_image = 224 * 224 * info.channels
         kept = 0
         for split in ("train", "val", "test"):
-            cap = {"train": info.train_per_class, "test": info.test_per_class}.get(split)   # val: kept whole
+            cap = {"train": info.train_per_class, "test": info.test_per_class}.get(
+                split
+            )  # val: kept whole
             counts = CLASS_PROPORTIONS.get(name, {}).get(split)
             kept += sum(min(c, cap) for c in counts) if cap and counts else info.n_samples[split]
         rows.append((name, kept * per_image / GIB, max(info.n_samples.values()) * per_image / GIB))
@@ -85,18 +91,30 @@ def stored_bound() -> list[tuple[str, float, float]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="derma", help="derma (oversampled), chest, oct or pneumonia")
-    parser.add_argument("--images", type=int, default=600, help="training images in the npz (real: see the output)")
-    parser.add_argument("--architecture", default="inception_v3", help="the model trained (paper: seven)")
+    parser.add_argument(
+        "--dataset", default="derma", help="derma (oversampled), chest, oct or pneumonia"
+    )
+    parser.add_argument(
+        "--images", type=int, default=600, help="training images in the npz (real: see the output)"
+    )
+    parser.add_argument(
+        "--architecture", default="inception_v3", help="the model trained (paper: seven)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="training batch (paper 000: 32)")
-    parser.add_argument("--bound", action="store_true", help="only print the stored-bytes bound of every dataset")
+    parser.add_argument(
+        "--bound", action="store_true", help="only print the stored-bytes bound of every dataset"
+    )
     args = parser.parse_args(argv)
     if args.bound:
         rows = stored_bound()
         for name, kept, raw in rows:
-            print(f"{name:<10} stored {kept:5.2f} GiB, largest raw split while loading {raw:5.2f} GiB")
-        print(f"all four {sum(kept for _, kept, _ in rows):5.2f} GiB stored; loading adds at most "
-              f"{max(raw for _, _, raw in rows):5.2f} GiB for a moment")
+            print(
+                f"{name:<10} stored {kept:5.2f} GiB, largest raw split while loading {raw:5.2f} GiB"
+            )
+        print(
+            f"all four {sum(kept for _, kept, _ in rows):5.2f} GiB stored; loading adds at most "
+            f"{max(raw for _, _, raw in rows):5.2f} GiB for a moment"
+        )
         return 0
 
     import warnings
@@ -107,8 +125,10 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*MD5 differs.*")
     preset = get_preset("paper", batch_size=args.batch_size, epochs=1)
     info = data.get_info(args.dataset)
-    print(f"{info.title}, {args.images} training images at 224 px, {args.architecture} at "
-          f"{preset.backbone_input} px, batch {args.batch_size}")
+    print(
+        f"{info.title}, {args.images} training images at 224 px, {args.architecture} at "
+        f"{preset.backbone_input} px, batch {args.batch_size}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         write_npz(Path(folder), info.key, args.images)
         print(f"after writing the npz:        peak {peak_gib():5.2f} GiB")
@@ -116,23 +136,35 @@ def main(argv=None) -> int:
         splits = data.load_for_scale(info.key, preset, root=folder, source="real", verbose=False)
     train = splits["train"]
     stored = sum(split.stored_bytes for split in splits.values())
-    print(f"after loading:                peak {peak_gib():5.2f} GiB  ({len(train)} training images from "
-          f"{len(train.stored)} stored, {stored / GIB:.2f} GiB stored in all splits)")
+    print(
+        f"after loading:                peak {peak_gib():5.2f} GiB  ({len(train)} training images from "
+        f"{len(train.stored)} stored, {stored / GIB:.2f} GiB stored in all splits)"
+    )
     model = models.model_for(info, args.architecture, 224, None, preset.backbone_input)
     training.fit(model, train, splits["val"], epochs=1, batch_size=args.batch_size)
     print(f"after one training epoch:     peak {peak_gib():5.2f} GiB")
     if not info.multilabel:
         attack, _ = data.draw_distinct(train, 32, np.random.default_rng(0))
-        result = uap.universal_perturbation(model, attack, zeta=0.04, norm=2, eps=preset.uap_eps, i_max=1,
-                                            mode="batched", progress=False)
+        result = uap.universal_perturbation(
+            model,
+            attack,
+            zeta=0.04,
+            norm=2,
+            eps=preset.uap_eps,
+            i_max=1,
+            mode="batched",
+            progress=False,
+        )
         mixed, _ = retrain.retraining_set(train, [result.perturbation], seed=1)
         training.fit(model, mixed, splits["val"], epochs=1, batch_size=args.batch_size)
         print(f"after one retraining round:   peak {peak_gib():5.2f} GiB")
     per_image = int(np.prod(train.shape))
     real = info.n_samples["train"]
-    print(f"{time.perf_counter() - start:.0f} s; one stored image: {per_image / 2 ** 20:.3f} MiB; the real training "
-          f"split has {real} images: bound = peak + ({real} - {args.images}) x {per_image / 2 ** 20:.3f} MiB "
-          f"= {peak_gib() + max(0, real - args.images) * per_image / GIB:.2f} GiB")
+    print(
+        f"{time.perf_counter() - start:.0f} s; one stored image: {per_image / 2**20:.3f} MiB; the real training "
+        f"split has {real} images: bound = peak + ({real} - {args.images}) x {per_image / 2**20:.3f} MiB "
+        f"= {peak_gib() + max(0, real - args.images) * per_image / GIB:.2f} GiB"
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ about four times as often per generation, so the two speeds are worth reading to
 
     python benchmarks/pixel_benchmark.py [--images 20] [--pixels 1 3] [--population 100] [--generations 30]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without installing
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
@@ -32,16 +35,32 @@ import numpy as np  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=20, help="test images attacked per dataset")
-    parser.add_argument("--pixels", type=int, nargs="+", default=[1, 3], help="pixel counts k (1-3)")
-    parser.add_argument("--population", type=int, default=100, help="the helper's DE population (paper: 100)")
-    parser.add_argument("--generations", type=int, default=30, help="at most this many generations (ART: max_iter)")
-    parser.add_argument("--datasets", nargs="+", default=["pneumonia", "derma"],
-                        help="pneumonia (grey), derma (colour)")
+    parser.add_argument(
+        "--pixels", type=int, nargs="+", default=[1, 3], help="pixel counts k (1-3)"
+    )
+    parser.add_argument(
+        "--population", type=int, default=100, help="the helper's DE population (paper: 100)"
+    )
+    parser.add_argument(
+        "--generations", type=int, default=30, help="at most this many generations (ART: max_iter)"
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["pneumonia", "derma"],
+        help="pneumonia (grey), derma (colour)",
+    )
     parser.add_argument("--scale", default="smoke", help="scale preset whose small CNN is attacked")
-    parser.add_argument("--pick", choices=("spread", "first"), default="spread",
-                        help="spread: images at evenly spaced ranks of clean confidence (near the boundary to "
-                             "confident); first: the first test images")
-    parser.add_argument("--seed", type=int, default=0, help="seed of both attacks (ART: numpy's global seed)")
+    parser.add_argument(
+        "--pick",
+        choices=("spread", "first"),
+        default="spread",
+        help="spread: images at evenly spaced ranks of clean confidence (near the boundary to "
+        "confident); first: the first test images",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of both attacks (ART: numpy's global seed)"
+    )
     parser.add_argument("--skip-art", action="store_true", help="time the helper only")
     args = parser.parse_args(argv)
     if args.images < 1 or args.population < 4 or args.generations < 1:
@@ -67,7 +86,9 @@ def pick_images(model, test, n: int, how: str) -> np.ndarray:
     if how == "first":
         return test.images[:n]
     order = np.argsort(predict_proba(model, test.images).max(axis=1))
-    return test.images[order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)]]
+    return test.images[
+        order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)]
+    ]
 
 
 class CountingClassifier:
@@ -92,25 +113,44 @@ def run_art(classifier, counter, images, k: int, generations: int, seed: int):
     counter.images = 0
     start = time.perf_counter()
     try:
-        attack = PixelAttack(classifier, th=k, es=1, max_iter=generations, targeted=False, verbose=False)
+        attack = PixelAttack(
+            classifier, th=k, es=1, max_iter=generations, targeted=False, verbose=False
+        )
         adversarial = attack.generate(images)
-    except Exception as error:   # report, do not stop the benchmark
+    except Exception as error:  # report, do not stop the benchmark
         return None, time.perf_counter() - start, np.nan, f"{type(error).__name__}: {error}"
-    return adversarial.astype(np.float32), time.perf_counter() - start, counter.images / len(images), None
+    return (
+        adversarial.astype(np.float32),
+        time.perf_counter() - start,
+        counter.images / len(images),
+        None,
+    )
 
 
 def run_helper(model, images, k: int, args):
     from helpers import pixel
 
     start = time.perf_counter()
-    result = pixel.pixel_attack(model, images, pixels=k, population=args.population,
-                                generations=args.generations, seed=args.seed, progress=False)
+    result = pixel.pixel_attack(
+        model,
+        images,
+        pixels=k,
+        population=args.population,
+        generations=args.generations,
+        seed=args.seed,
+        progress=False,
+    )
     return result, time.perf_counter() - start
 
 
 def changed_pixels(adversarial, images) -> int:
     """Largest number of pixel positions changed in any image."""
-    return int((np.abs(adversarial - images).max(axis=-1) > 1e-6).reshape(len(images), -1).sum(axis=1).max())
+    return int(
+        (np.abs(adversarial - images).max(axis=-1) > 1e-6)
+        .reshape(len(images), -1)
+        .sum(axis=1)
+        .max()
+    )
 
 
 def main(argv=None) -> int:
@@ -130,9 +170,11 @@ def main(argv=None) -> int:
         clean = predict_proba(model, images).argmax(axis=1)
         channels = "grey" if images.shape[-1] == 1 else "colour"
         label = f"{dataset} ({channels}, {test.kind})"
-        notes.append(f"{label}: {trained.key}, {len(images)} test images "
-                     f"({args.pick}), clean confidence {predict_proba(model, images).max(axis=1).min():.2f}-"
-                     f"{predict_proba(model, images).max(axis=1).max():.2f}")
+        notes.append(
+            f"{label}: {trained.key}, {len(images)} test images "
+            f"({args.pick}), clean confidence {predict_proba(model, images).max(axis=1).min():.2f}-"
+            f"{predict_proba(model, images).max(axis=1).max():.2f}"
+        )
         classifier = to_art_classifier(model)
         counter = CountingClassifier(classifier)
         # warm-up: TensorFlow's runtime, the helper's compiled forward pass, ART's predict
@@ -143,34 +185,79 @@ def main(argv=None) -> int:
             result, seconds = run_helper(model, images, k, args)
             art_seconds, art_row = None, None
             if not args.skip_art:
-                adversarial, art_seconds, queries, error = run_art(classifier, counter, images, k,
-                                                                   args.generations, args.seed)
+                adversarial, art_seconds, queries, error = run_art(
+                    classifier, counter, images, k, args.generations, args.seed
+                )
                 if error:
                     notes.append(f"ART PixelAttack failed on {label}, k = {k}: {error}")
-                    art_row = [label, k, "ART PixelAttack", len(images), f"{art_seconds:.1f}", "failed", "-", "-",
-                               "-", "-"]
+                    art_row = [
+                        label,
+                        k,
+                        "ART PixelAttack",
+                        len(images),
+                        f"{art_seconds:.1f}",
+                        "failed",
+                        "-",
+                        "-",
+                        "-",
+                        "-",
+                    ]
                 else:
                     success = predict_proba(model, adversarial).argmax(axis=1) != clean
                     changed = changed_pixels(adversarial, images)
-                    art_row = [label, k, "ART PixelAttack", len(images), f"{art_seconds:.1f}",
-                               f"{len(images) / art_seconds:.2f}", "1.0", f"{success.mean():.0%}", f"{queries:.0f}",
-                               f"{queries * len(images) / art_seconds:.0f}"]
+                    art_row = [
+                        label,
+                        k,
+                        "ART PixelAttack",
+                        len(images),
+                        f"{art_seconds:.1f}",
+                        f"{len(images) / art_seconds:.2f}",
+                        "1.0",
+                        f"{success.mean():.0%}",
+                        f"{queries:.0f}",
+                        f"{queries * len(images) / art_seconds:.0f}",
+                    ]
                     if changed > k:
                         notes.append(f"ART changed up to {changed} pixels for k = {k} on {label}")
                 rows.append(art_row)
-            speed = f"{art_seconds / seconds:.1f}" if art_seconds and art_row[5] != "failed" else "-"
-            rows.append([label, k, "helpers.pixel", len(images), f"{seconds:.1f}", f"{len(images) / seconds:.2f}",
-                         speed, f"{result.success_rate:.0%}", f"{result.queries.mean():.0f}",
-                         f"{result.queries.sum() / seconds:.0f}"])
+            speed = (
+                f"{art_seconds / seconds:.1f}" if art_seconds and art_row[5] != "failed" else "-"
+            )
+            rows.append(
+                [
+                    label,
+                    k,
+                    "helpers.pixel",
+                    len(images),
+                    f"{seconds:.1f}",
+                    f"{len(images) / seconds:.2f}",
+                    speed,
+                    f"{result.success_rate:.0%}",
+                    f"{result.queries.mean():.0f}",
+                    f"{result.queries.sum() / seconds:.0f}",
+                ]
+            )
 
-    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, GPUs: "
-          f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, ART {art.__version__}; "
-          f"untargeted, at most {args.generations} generations, helper population {args.population}, "
-          f"seed {args.seed}")
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, GPUs: "
+        f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, ART {art.__version__}; "
+        f"untargeted, at most {args.generations} generations, helper population {args.population}, "
+        f"seed {args.seed}"
+    )
     for note in notes:
         print(f"- {note}")
-    header = ["model (data)", "k", "method", "images", "time (s)", "images/s", "× faster than ART",
-              "success rate", "model queries/image", "model queries/s"]
+    header = [
+        "model (data)",
+        "k",
+        "method",
+        "images",
+        "time (s)",
+        "images/s",
+        "× faster than ART",
+        "success rate",
+        "model queries/image",
+        "model queries/s",
+    ]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(str(cell) for cell in row) + " |")

@@ -19,4 +19,5 @@ One module per idea, grown chapter by chapter:
 * :mod:`helpers.pipeline`  - papermill + Jupyter Book
 * :mod:`helpers.regression` - the chapters' numbers against references derived from a seed spread
 """
+
 __version__ = "0.1.0"

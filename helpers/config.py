@@ -1,4 +1,5 @@
 """Course-wide settings: repository URL, cache folder, environment variables."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ REPO_URL = "https://github.com/medattack-course/medattack"
 REPO_REF = "v0.2.0"
 
 #: Environment variables a reader (or the pipeline) may set.
-ENV_CACHE_DIR = "COURSE_CACHE_DIR"      # models, UAPs, downloaded data, results
-ENV_MEDMNIST_DIR = "MEDMNIST_DIR"      # folder(s) of MedMNIST npz files, ':'-separated
+ENV_CACHE_DIR = "COURSE_CACHE_DIR"  # models, UAPs, downloaded data, results
+ENV_MEDMNIST_DIR = "MEDMNIST_DIR"  # folder(s) of MedMNIST npz files, ':'-separated
 ENV_RECORDS_DIR = "COURSE_RECORDS_DIR"  # where chapters write their key numbers
 ENV_NATURAL_DIR = "NATURAL_IMAGES_DIR"  # folder of natural photos for chapter 4 (paper 001)
 
@@ -33,7 +34,9 @@ def cache_dir(*parts: str) -> Path:
 def colab_url(notebook: str) -> str:
     """Colab URL of a chapter notebook, e.g. ``colab_url("01_transfer_learning")``."""
     slug = REPO_URL.removeprefix("https://github.com/")
-    return f"https://colab.research.google.com/github/{slug}/blob/{REPO_REF}/chapters/{notebook}.ipynb"
+    return (
+        f"https://colab.research.google.com/github/{slug}/blob/{REPO_REF}/chapters/{notebook}.ipynb"
+    )
 
 
 def install_spec() -> str:
@@ -48,11 +51,13 @@ def colab_link(notebook: str) -> str:
 
 def install_cell() -> str:
     """Source of every chapter's install cell (the first code cell)."""
-    return ("# On Colab: install the course helpers at the release this chapter belongs to (set in one place,\n"
-            "# helpers/config.py: REPO_REF). TensorFlow is already there. Elsewhere: nothing to do.\n"
-            "import sys\n"
-            "if \"google.colab\" in sys.modules:\n"
-            f"    !pip install -q \"{install_spec()}\"")
+    return (
+        "# On Colab: install the course helpers at the release this chapter belongs to (set in one place,\n"
+        "# helpers/config.py: REPO_REF). TensorFlow is already there. Elsewhere: nothing to do.\n"
+        "import sys\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    !pip install -q "{install_spec()}"'
+    )
 
 
 def in_colab() -> bool:
@@ -86,11 +91,11 @@ def save_npz_once(path, **arrays) -> bool:
 def _link_once(source: Path, path: Path) -> bool:
     """Give ``source``'s content the name ``path`` unless ``path`` exists; True if it did."""
     try:
-        os.link(source, path)            # atomic: fails if another writer was first
+        os.link(source, path)  # atomic: fails if another writer was first
         return True
     except FileExistsError:
         return False
-    except OSError:                      # a file system without hard links
+    except OSError:  # a file system without hard links
         if path.exists():
             return False
         os.replace(source, path)
@@ -127,12 +132,17 @@ def write_chapter_links(chapters_dir: Path | None = None) -> list[Path]:
         notebook = json.loads(path.read_text(encoding="utf-8"))
         title, install = notebook["cells"][0], notebook["cells"][1]
         old_title, old_install = "".join(title["source"]), "".join(install["source"])
-        new_title = re.sub(r"\[(?:!\[Open In Colab\]\([^)]*\)|Open this chapter in Colab)\]\([^)]*\)",
-                           colab_link(path.stem), old_title)
+        new_title = re.sub(
+            r"\[(?:!\[Open In Colab\]\([^)]*\)|Open this chapter in Colab)\]\([^)]*\)",
+            colab_link(path.stem),
+            old_title,
+        )
         if (new_title, install_cell()) != (old_title, old_install):
             title["source"] = new_title.splitlines(keepends=True)
             install["source"] = install_cell().splitlines(keepends=True)
-            path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            path.write_text(
+                json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
             changed.append(path)
     return changed
 

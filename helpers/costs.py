@@ -10,6 +10,7 @@ helpers that call a model count them here: :func:`models.predict_proba`, :func:`
 The count, times a per-image cost on some hardware, is the chapter's run time there: see
 :mod:`helpers.timing` for the predicted counts of every chapter and the README's times.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict

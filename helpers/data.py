@@ -10,6 +10,7 @@ Where the real data cannot be had (offline), :func:`load` can return a synthetic
 with the same shapes, classes and task type (see :mod:`helpers.synthetic`); such a dataset
 has ``synthetic=True`` and announces itself loudly.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,21 +40,23 @@ class DataUnavailableError(RuntimeError):
 class DatasetInfo:
     """What the course needs to know about one MedMNIST dataset."""
 
-    key: str                        # short name used in the course: "pneumonia", ...
-    flag: str                       # MedMNIST file stem: "pneumoniamnist", ...
-    title: str                      # for figures and tables
-    task: str                       # "binary-class", "multi-class" or "multi-label"
-    class_names: tuple[str, ...]    # MedMNIST's label names (findings for multi-label)
-    short_names: tuple[str, ...]    # abbreviations used in the papers' tables
-    channels: int                   # 1 = greyscale, 3 = RGB
-    n_samples: dict                 # official split sizes at every image size
+    key: str  # short name used in the course: "pneumonia", ...
+    flag: str  # MedMNIST file stem: "pneumoniamnist", ...
+    title: str  # for figures and tables
+    task: str  # "binary-class", "multi-class" or "multi-label"
+    class_names: tuple[str, ...]  # MedMNIST's label names (findings for multi-label)
+    short_names: tuple[str, ...]  # abbreviations used in the papers' tables
+    channels: int  # 1 = greyscale, 3 = RGB
+    n_samples: dict  # official split sizes at every image size
     normal_classes: tuple[int, ...]  # classes counted as "normal" (multi-label: empty set = normal)
     license: str
-    md5: dict                       # image size -> official MD5
-    train_per_class: int | None = None   # paper 000's class-balanced subset sizes
+    md5: dict  # image size -> official MD5
+    train_per_class: int | None = None  # paper 000's class-balanced subset sizes
     test_per_class: int | None = None
-    oversample: bool = False             # paper 000: oversample the imbalanced skin-lesion set
-    train_without_normal: bool = False   # paper 004 (4.4): train the multi-label model on images with findings
+    oversample: bool = False  # paper 000: oversample the imbalanced skin-lesion set
+    train_without_normal: bool = (
+        False  # paper 004 (4.4): train the multi-label model on images with findings
+    )
     citation: str = ""
 
     @property
@@ -77,53 +80,134 @@ class DatasetInfo:
 
 DATASETS: dict[str, DatasetInfo] = {
     "pneumonia": DatasetInfo(
-        key="pneumonia", flag="pneumoniamnist", title="Chest X-ray (PneumoniaMNIST)",
-        task="binary-class", class_names=("normal", "pneumonia"), short_names=("NORMAL", "PNEUMONIA"),
-        channels=1, n_samples={"train": 4708, "val": 524, "test": 624}, normal_classes=(0,),
+        key="pneumonia",
+        flag="pneumoniamnist",
+        title="Chest X-ray (PneumoniaMNIST)",
+        task="binary-class",
+        class_names=("normal", "pneumonia"),
+        short_names=("NORMAL", "PNEUMONIA"),
+        channels=1,
+        n_samples={"train": 4708, "val": 524, "test": 624},
+        normal_classes=(0,),
         license="CC BY 4.0",
-        md5={28: "28209eda62fecd6e6a2d98b1501bb15f", 64: "8f4eceb4ccffa70c672198ea285246c6",
-             128: "05b46931834c231683c68f40c47b2971", 224: "d6a3c71de1b945ea11211b03746c1fe1"},
-        train_per_class=900, test_per_class=270,
+        md5={
+            28: "28209eda62fecd6e6a2d98b1501bb15f",
+            64: "8f4eceb4ccffa70c672198ea285246c6",
+            128: "05b46931834c231683c68f40c47b2971",
+            224: "d6a3c71de1b945ea11211b03746c1fe1",
+        },
+        train_per_class=900,
+        test_per_class=270,
         citation="Kermany et al., Cell 172(5):1122-1131 (2018)",
     ),
     "oct": DatasetInfo(
-        key="oct", flag="octmnist", title="Retinal OCT (OCTMNIST)", task="multi-class",
+        key="oct",
+        flag="octmnist",
+        title="Retinal OCT (OCTMNIST)",
+        task="multi-class",
         class_names=("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
-        short_names=("CNV", "DME", "DRUSEN", "NM"), channels=1,
-        n_samples={"train": 97477, "val": 10832, "test": 1000}, normal_classes=(3,), license="CC BY 4.0",
-        md5={28: "c68d92d5b585d8d81f7112f81e2d0842", 64: "e229e9440236b774d9f0dfef9d07bdaf",
-             128: "0a97e76651ace45c5d943ee3f65b63ae", 224: "abc493b6d529d5de7569faaef2773ba3"},
-        train_per_class=1960, test_per_class=840,
+        short_names=("CNV", "DME", "DRUSEN", "NM"),
+        channels=1,
+        n_samples={"train": 97477, "val": 10832, "test": 1000},
+        normal_classes=(3,),
+        license="CC BY 4.0",
+        md5={
+            28: "c68d92d5b585d8d81f7112f81e2d0842",
+            64: "e229e9440236b774d9f0dfef9d07bdaf",
+            128: "0a97e76651ace45c5d943ee3f65b63ae",
+            224: "abc493b6d529d5de7569faaef2773ba3",
+        },
+        train_per_class=1960,
+        test_per_class=840,
         citation="Kermany et al., Cell 172(5):1122-1131 (2018)",
     ),
     "derma": DatasetInfo(
-        key="derma", flag="dermamnist", title="Skin lesions (DermaMNIST)", task="multi-class",
-        class_names=("actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
-                     "benign keratosis-like lesions", "dermatofibroma", "melanoma",
-                     "melanocytic nevi", "vascular lesions"),
-        short_names=("AKIEC", "BCC", "BKL", "DF", "MEL", "NV", "VASC"), channels=3,
-        n_samples={"train": 7007, "val": 1003, "test": 2005}, normal_classes=(2, 3, 5),
+        key="derma",
+        flag="dermamnist",
+        title="Skin lesions (DermaMNIST)",
+        task="multi-class",
+        class_names=(
+            "actinic keratoses and intraepithelial carcinoma",
+            "basal cell carcinoma",
+            "benign keratosis-like lesions",
+            "dermatofibroma",
+            "melanoma",
+            "melanocytic nevi",
+            "vascular lesions",
+        ),
+        short_names=("AKIEC", "BCC", "BKL", "DF", "MEL", "NV", "VASC"),
+        channels=3,
+        n_samples={"train": 7007, "val": 1003, "test": 2005},
+        normal_classes=(2, 3, 5),
         license="CC BY-NC 4.0",
-        md5={28: "0744692d530f8e62ec473284d019b0c7", 64: "b70a2f5635c6199aeaa28c31d7202e1f",
-             128: "2defd784463fa5243564e855ed717de1", 224: "8974907d8e169bef5f5b96bc506ae45d"},
+        md5={
+            28: "0744692d530f8e62ec473284d019b0c7",
+            64: "b70a2f5635c6199aeaa28c31d7202e1f",
+            128: "2defd784463fa5243564e855ed717de1",
+            224: "8974907d8e169bef5f5b96bc506ae45d",
+        },
         oversample=True,
         citation="Tschandl et al., Sci Data 5:180161 (2018); Codella et al., arXiv:1902.03368",
     ),
     "chest": DatasetInfo(
-        key="chest", flag="chestmnist", title="Chest X-ray, 14 findings (ChestMNIST)", task="multi-label",
-        class_names=("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule",
-                     "pneumonia", "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis",
-                     "pleural thickening", "hernia"),
-        short_names=("ATEL", "CARD", "EFFU", "INFI", "MASS", "NODU", "PNEU", "PNTX", "CONS", "EDEM",
-                     "EMPH", "FIBR", "PLEU", "HERN"), channels=1,
-        n_samples={"train": 78468, "val": 11219, "test": 22433}, normal_classes=(), license="CC BY 4.0",
-        md5={28: "02c8a6516a18b556561a56cbdd36c4a8", 64: "9de6cd0b934ebb5b7426cfba5efbae16",
-             128: "db107e5590b27930b62dbaf558aebee3", 224: "45bd33e6f06c3e8cdb481c74a89152aa"},
-        citation="Wang et al., ChestX-ray8, CVPR 2017", train_without_normal=True,
+        key="chest",
+        flag="chestmnist",
+        title="Chest X-ray, 14 findings (ChestMNIST)",
+        task="multi-label",
+        class_names=(
+            "atelectasis",
+            "cardiomegaly",
+            "effusion",
+            "infiltration",
+            "mass",
+            "nodule",
+            "pneumonia",
+            "pneumothorax",
+            "consolidation",
+            "edema",
+            "emphysema",
+            "fibrosis",
+            "pleural thickening",
+            "hernia",
+        ),
+        short_names=(
+            "ATEL",
+            "CARD",
+            "EFFU",
+            "INFI",
+            "MASS",
+            "NODU",
+            "PNEU",
+            "PNTX",
+            "CONS",
+            "EDEM",
+            "EMPH",
+            "FIBR",
+            "PLEU",
+            "HERN",
+        ),
+        channels=1,
+        n_samples={"train": 78468, "val": 11219, "test": 22433},
+        normal_classes=(),
+        license="CC BY 4.0",
+        md5={
+            28: "02c8a6516a18b556561a56cbdd36c4a8",
+            64: "9de6cd0b934ebb5b7426cfba5efbae16",
+            128: "db107e5590b27930b62dbaf558aebee3",
+            224: "45bd33e6f06c3e8cdb481c74a89152aa",
+        },
+        citation="Wang et al., ChestX-ray8, CVPR 2017",
+        train_without_normal=True,
     ),
 }
-ALIASES = {"pneumoniamnist": "pneumonia", "chest_xray": "pneumonia", "octmnist": "oct",
-           "dermamnist": "derma", "skin": "derma", "chestmnist": "chest"}
+ALIASES = {
+    "pneumoniamnist": "pneumonia",
+    "chest_xray": "pneumonia",
+    "octmnist": "oct",
+    "dermamnist": "derma",
+    "skin": "derma",
+    "chestmnist": "chest",
+}
 
 
 def get_info(name: str) -> DatasetInfo:
@@ -149,14 +233,14 @@ class MedDataset:
 
     info: DatasetInfo
     split: str
-    stored: np.ndarray                    # (M, H, W, C) as stored
+    stored: np.ndarray  # (M, H, W, C) as stored
     labels: np.ndarray
     synthetic: bool = False
     source: str = ""
     notes: list = field(default_factory=list)
-    duplicate: np.ndarray | None = None   # (N,) bool: True for the copies oversampling added
-    index: np.ndarray | None = None       # (N,) positions in ``stored``; None: stored in order (N = M)
-    added: tuple[np.ndarray, np.ndarray] | None = None   # (UAPs (K, H, W, C), choice per image (N,))
+    duplicate: np.ndarray | None = None  # (N,) bool: True for the copies oversampling added
+    index: np.ndarray | None = None  # (N,) positions in ``stored``; None: stored in order (N = M)
+    added: tuple[np.ndarray, np.ndarray] | None = None  # (UAPs (K, H, W, C), choice per image (N,))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -194,7 +278,7 @@ class MedDataset:
         """Float32 batches (b, H, W, C) of the images, in ``order`` (default: as they are)."""
         order = np.arange(len(self)) if order is None else np.asarray(order)
         for start in range(0, len(order), batch_size):
-            yield self.take(order[start:start + batch_size])
+            yield self.take(order[start : start + batch_size])
 
     @property
     def stored_bytes(self) -> int:
@@ -206,9 +290,11 @@ class MedDataset:
         if self.index is None:
             return self
         used, rows = np.unique(self.index, return_inverse=True)
-        if len(used) == len(self.stored):      # every stored image is used: nothing to drop
+        if len(used) == len(self.stored):  # every stored image is used: nothing to drop
             return self
-        return replace(self, stored=self.stored[used], index=rows.astype(np.int64), notes=list(self.notes))
+        return replace(
+            self, stored=self.stored[used], index=rows.astype(np.int64), notes=list(self.notes)
+        )
 
     @property
     def kind(self) -> str:
@@ -224,8 +310,14 @@ class MedDataset:
         duplicate = None if self.duplicate is None else self.duplicate[index]
         added = None if self.added is None else (self.added[0], self.added[1][index])
         rows = index if self.index is None else self.index[index]
-        return replace(self, index=rows, labels=self.labels[index], notes=list(self.notes), duplicate=duplicate,
-                       added=added)
+        return replace(
+            self,
+            index=rows,
+            labels=self.labels[index],
+            notes=list(self.notes),
+            duplicate=duplicate,
+            added=added,
+        )
 
     def distinct(self) -> np.ndarray:
         """Positions of the images as drawn from the stored split: each once, without oversampling's copies."""
@@ -238,14 +330,17 @@ class MedDataset:
         return np.bincount(self.labels, minlength=self.info.n_classes)
 
     def describe(self) -> str:
-        return (f"{self.info.title} [{self.split}] {len(self)} images of {self.size}x{self.size}x"
-                f"{self.stored.shape[-1]} - {self.kind} data ({self.source})")
+        return (
+            f"{self.info.title} [{self.split}] {len(self)} images of {self.size}x{self.size}x"
+            f"{self.stored.shape[-1]} - {self.kind} data ({self.source})"
+        )
 
     def __repr__(self) -> str:
         return f"MedDataset({self.describe()})"
 
 
 # --------------------------------------------------------------------------- files
+
 
 def md5_of(path: Path) -> str:
     digest = hashlib.md5()
@@ -273,14 +368,18 @@ def _check_size(size: int) -> None:
 
 
 def _offline_message(info: DatasetInfo, size: int, reason: str) -> str:
-    return (f"Could not get {info.filename(size)} ({info.title}, {size} px): {reason}.\n"
-            f"  Download it from {info.url(size)}\n"
-            f"  and put it in {cache_dir('medmnist')} (or in a folder named by root= or the "
-            f"{ENV_MEDMNIST_DIR} environment variable).\n"
-            f"  Offline, the smoke and cpu scales can use a synthetic stand-in instead (source='synthetic').")
+    return (
+        f"Could not get {info.filename(size)} ({info.title}, {size} px): {reason}.\n"
+        f"  Download it from {info.url(size)}\n"
+        f"  and put it in {cache_dir('medmnist')} (or in a folder named by root= or the "
+        f"{ENV_MEDMNIST_DIR} environment variable).\n"
+        f"  Offline, the smoke and cpu scales can use a synthetic stand-in instead (source='synthetic')."
+    )
 
 
-def download(info: DatasetInfo, size: int, folder: Path | None = None, timeout: float = 60.0) -> Path:
+def download(
+    info: DatasetInfo, size: int, folder: Path | None = None, timeout: float = 60.0
+) -> Path:
     """Download the official npz into ``folder`` (default: the cache) and verify its MD5."""
     _check_size(size)
     folder = Path(folder) if folder else cache_dir("medmnist")
@@ -292,14 +391,17 @@ def download(info: DatasetInfo, size: int, folder: Path | None = None, timeout: 
         partial.unlink(missing_ok=True)
         reason = f"download failed ({type(error).__name__}: {error})"
         raise DataUnavailableError(_offline_message(info, size, reason)) from None
-    except BaseException:          # interrupted: no half-written file left behind
+    except BaseException:  # interrupted: no half-written file left behind
         partial.unlink(missing_ok=True)
         raise
     digest = md5_of(partial)
     if digest != info.md5[size]:
         partial.unlink(missing_ok=True)
-        raise DataUnavailableError(_offline_message(
-            info, size, f"the download's MD5 {digest} is not the official {info.md5[size]}"))
+        raise DataUnavailableError(
+            _offline_message(
+                info, size, f"the download's MD5 {digest} is not the official {info.md5[size]}"
+            )
+        )
     partial.replace(target)
     return target
 
@@ -307,6 +409,7 @@ def download(info: DatasetInfo, size: int, folder: Path | None = None, timeout: 
 def _fetch(url: str, partial: Path, timeout: float, label: str) -> None:
     """Stream ``url`` into the file ``partial`` with a progress bar."""
     from tqdm.auto import tqdm
+
     with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=label) as bar:
@@ -329,15 +432,20 @@ def locate(info: DatasetInfo, size: int, root=None, download_missing: bool = Tru
             continue
         if md5_of(path) == info.md5[size]:
             return path
-        warnings.warn(f"{path}: MD5 differs from the official {info.md5[size]}; using it anyway "
-                      f"(a re-packaged copy?). Check its origin.", stacklevel=2)
+        warnings.warn(
+            f"{path}: MD5 differs from the official {info.md5[size]}; using it anyway "
+            f"(a re-packaged copy?). Check its origin.",
+            stacklevel=2,
+        )
         return path
     if not download_missing:
         raise DataUnavailableError(_offline_message(info, size, "no local copy and download=False"))
     return download(info, size)
 
 
-def read_raw(path: Path, info: DatasetInfo, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_raw(
+    path: Path, info: DatasetInfo, split: str, size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Images as stored (uint8, (N, H, W, C)) and labels, from a MedMNIST npz file.
 
     The arrays must match the dataset: ``size`` x ``size`` px (when given) with ``info.channels``
@@ -348,11 +456,15 @@ def read_raw(path: Path, info: DatasetInfo, split: str, size: int | None = None)
         with np.load(path) as archive:
             images, labels = archive[f"{split}_images"], archive[f"{split}_labels"]
     except KeyError:
-        raise ValueError(f"{path} has no '{split}_images'/'{split}_labels' arrays: not a MedMNIST file? "
-                         f"The official file is at {_url_of(info, path)}") from None
+        raise ValueError(
+            f"{path} has no '{split}_images'/'{split}_labels' arrays: not a MedMNIST file? "
+            f"The official file is at {_url_of(info, path)}"
+        ) from None
     except Exception as error:  # zipfile.BadZipFile, OSError, pickle errors
-        raise ValueError(f"{path} is not a readable npz file ({type(error).__name__}: {error}).\n"
-                         f"  Delete {path} and download it again from {_url_of(info, path)}") from None
+        raise ValueError(
+            f"{path} is not a readable npz file ({type(error).__name__}: {error}).\n"
+            f"  Delete {path} and download it again from {_url_of(info, path)}"
+        ) from None
     stored_shape = images.shape
     if images.ndim == 3:
         images = images[..., None]
@@ -361,13 +473,17 @@ def read_raw(path: Path, info: DatasetInfo, split: str, size: int | None = None)
     return images, labels
 
 
-def _check_stored(path: Path, info: DatasetInfo, split: str, size: int | None, images, labels,
-                  stored_shape: tuple) -> None:
+def _check_stored(
+    path: Path, info: DatasetInfo, split: str, size: int | None, images, labels, stored_shape: tuple
+) -> None:
     """Refuse arrays that do not fit ``info`` (e.g. colour images in a greyscale dataset's file)."""
     side = "H, W" if size is None else f"{size}, {size}"
     expected = f"({side}, {info.channels}) images ({'RGB' if info.channels == 3 else 'greyscale'})"
-    fits = (images.ndim == 4 and images.shape[-1] == info.channels
-            and (size is None or images.shape[1:3] == (size, size)))
+    fits = (
+        images.ndim == 4
+        and images.shape[-1] == info.channels
+        and (size is None or images.shape[1:3] == (size, size))
+    )
     n_labels = info.n_classes if info.multilabel else 1
     label_shape = labels.shape[1:] if labels.ndim > 1 else ()
     labels_fit = len(labels) == len(images) and int(np.prod(label_shape, dtype=int)) == n_labels
@@ -376,7 +492,8 @@ def _check_stored(path: Path, info: DatasetInfo, split: str, size: int | None, i
             f"{path}: '{split}_images' has shape {stored_shape} and '{split}_labels' {labels.shape}, but "
             f"{info.title} needs {expected} and {n_labels} label value(s) per image: this is not the "
             f"published {path.name}. Replace it with the official file from {_url_of(info, path)} "
-            f"(or remove it from MEDMNIST_DIR).")
+            f"(or remove it from MEDMNIST_DIR)."
+        )
 
 
 def to_unit_float(images: np.ndarray) -> np.ndarray:
@@ -394,9 +511,20 @@ def _url_of(info: DatasetInfo, path: Path) -> str:
 
 # --------------------------------------------------------------------------- loading
 
-def load(name: str, split: str = "train", size: int = 28, *, source: str = "auto", root=None,
-         download: bool = True, allow_synthetic: bool = False, seed: int = 0,
-         synthetic_count: int | None = None, verbose: bool = True) -> MedDataset:
+
+def load(
+    name: str,
+    split: str = "train",
+    size: int = 28,
+    *,
+    source: str = "auto",
+    root=None,
+    download: bool = True,
+    allow_synthetic: bool = False,
+    seed: int = 0,
+    synthetic_count: int | None = None,
+    verbose: bool = True,
+) -> MedDataset:
     """Load one split of a MedMNIST dataset.
 
     Args:
@@ -429,6 +557,7 @@ def load(name: str, split: str = "train", size: int = 28, *, source: str = "auto
     else:
         reason = "requested"
     from .synthetic import make_synthetic
+
     dataset = make_synthetic(info, split, size, seed=seed, count=synthetic_count)
     dataset.notes.append(f"synthetic stand-in: {reason}")
     if verbose:
@@ -440,12 +569,15 @@ def synthetic_banner(dataset: MedDataset, reason: str = "") -> str:
     """The loud notice printed whenever synthetic data is used."""
     line = "!" * 78
     why = f"\n!! reason: {reason}" if reason else ""
-    return (f"{line}\n!! SYNTHETIC STAND-IN for {dataset.info.title} [{dataset.split}], "
-            f"{dataset.size} px.{why}\n!! Same shapes, classes and task type as the real data, "
-            f"but generated patterns:\n!! numbers computed on it are NOT medical results.\n{line}")
+    return (
+        f"{line}\n!! SYNTHETIC STAND-IN for {dataset.info.title} [{dataset.split}], "
+        f"{dataset.size} px.{why}\n!! Same shapes, classes and task type as the real data, "
+        f"but generated patterns:\n!! numbers computed on it are NOT medical results.\n{line}"
+    )
 
 
 # --------------------------------------------------------------------------- sampling
+
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
@@ -454,10 +586,14 @@ def _rng(seed: int) -> np.random.Generator:
 def class_balanced(dataset: MedDataset, per_class: int, seed: int = 0) -> MedDataset:
     """At most ``per_class`` images of every class, drawn without replacement (paper 000)."""
     if dataset.info.multilabel:
-        raise ValueError("class_balanced: multi-label data has no single class per image; use cap().")
+        raise ValueError(
+            "class_balanced: multi-label data has no single class per image; use cap()."
+        )
     rng = _rng(seed)
-    picks = [rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class]
-             for c in range(dataset.info.n_classes)]
+    picks = [
+        rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class]
+        for c in range(dataset.info.n_classes)
+    ]
     return dataset.subset(rng.permutation(np.concatenate(picks)))
 
 
@@ -497,7 +633,9 @@ def oversample(dataset: MedDataset, seed: int = 0) -> MedDataset:
     return oversampled
 
 
-def draw_distinct(dataset: MedDataset, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_distinct(
+    dataset: MedDataset, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``count`` images drawn at random, without replacement, from the split as stored.
 
     Oversampling's copies are left out (the UAPs of paper 000 are made from the raw, imbalanced
@@ -508,8 +646,9 @@ def draw_distinct(dataset: MedDataset, count: int, rng: np.random.Generator) -> 
     return dataset.take(index), index
 
 
-def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "auto",
-                   verbose: bool = True) -> dict[str, MedDataset]:
+def load_for_scale(
+    name: str, preset, seed: int = 0, root=None, source: str = "auto", verbose: bool = True
+) -> dict[str, MedDataset]:
     """Train/val/test splits sampled as the papers do, capped by the scale preset.
 
     Class-balanced subsets for pneumonia and OCT (paper 000: 900/270 and 1,960/840 per
@@ -522,16 +661,27 @@ def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "a
     """
     info = get_info(name)
     preset = as_preset(preset)
-    if preset.rehearsal:                      # a rehearsal runs on synthetic data of the scale's size
+    if preset.rehearsal:  # a rehearsal runs on synthetic data of the scale's size
         source = "synthetic"
-    samplers = {"train": lambda d: _sample_train(d, preset, seed),
-                "val": lambda d: cap(d, preset.max_test, seed + 1),
-                "test": lambda d: _sample_test(d, preset, seed + 2)}
+    samplers = {
+        "train": lambda d: _sample_train(d, preset, seed),
+        "val": lambda d: cap(d, preset.max_test, seed + 1),
+        "test": lambda d: _sample_test(d, preset, seed + 2),
+    }
     splits = {}
     for split in SPLITS:
-        stored = load(info.key, split, preset.image_size, source=source, root=root, download=True,
-                              allow_synthetic=preset.offline_fallback, seed=seed,
-                              synthetic_count=_synthetic_count(info, split, preset), verbose=verbose)
+        stored = load(
+            info.key,
+            split,
+            preset.image_size,
+            source=source,
+            root=root,
+            download=True,
+            allow_synthetic=preset.offline_fallback,
+            seed=seed,
+            synthetic_count=_synthetic_count(info, split, preset),
+            verbose=verbose,
+        )
         verbose = verbose and not stored.synthetic  # one banner per dataset is enough
         splits[split] = samplers[split](stored).compact()
         del stored
@@ -541,16 +691,22 @@ def load_for_scale(name: str, preset, seed: int = 0, root=None, source: str = "a
 def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:
     """Enough synthetic images for the sampling that follows, at most the official count."""
     from .synthetic import CLASS_PROPORTIONS
+
     wanted = preset.max_train if split == "train" else preset.max_test
     wanted = wanted or (4000 if split == "train" else 1000)
-    per_class = _per_class(info.train_per_class if split == "train" else info.test_per_class,
-                           preset.train_per_class if split == "train" else preset.test_per_class)
+    per_class = _per_class(
+        info.train_per_class if split == "train" else info.test_per_class,
+        preset.train_per_class if split == "train" else preset.test_per_class,
+    )
     if per_class and info.key in CLASS_PROPORTIONS:
         counts = np.array(CLASS_PROPORTIONS[info.key][split], dtype=float)
         # 1.5x: labels are drawn at random, so the rarest class must be expected well above per_class
         wanted = max(wanted, int(np.ceil(1.5 * per_class * counts.sum() / counts.min())))
-    if split == "train" and info.train_without_normal:    # the normal images are dropped before sampling
+    if (
+        split == "train" and info.train_without_normal
+    ):  # the normal images are dropped before sampling
         from .synthetic import FINDING_PREVALENCE
+
         wanted = int(np.ceil(1.1 * wanted / (1.0 - np.prod(1.0 - np.array(FINDING_PREVALENCE)))))
     return int(min(info.n_samples[split], wanted, 20_000))
 
@@ -562,7 +718,7 @@ def _per_class(paper: int | None, preset_cap: int | None) -> int | None:
 
 def _sample_train(train: MedDataset, preset, seed: int) -> MedDataset:
     info = train.info
-    if info.train_without_normal:             # paper 004: no image without a finding in training
+    if info.train_without_normal:  # paper 004: no image without a finding in training
         train = train.subset(np.flatnonzero(train.labels.any(axis=1)))
     per_class = _per_class(info.train_per_class, preset.train_per_class)
     if info.train_per_class is not None and per_class is not None:

@@ -5,6 +5,7 @@ it stops with one clear sentence when a library is outside the versions the cour
 at the ``gpu`` and ``paper`` scales, when no GPU is attached or the ImageNet weights of the
 scale's main architecture cannot be fetched (those scales never fall back to random weights).
 """
+
 from __future__ import annotations
 
 import platform
@@ -63,7 +64,9 @@ def gpus() -> list[str]:
     names = []
     for device in devices:
         try:
-            names.append(tf.config.experimental.get_device_details(device).get("device_name", device.name))
+            names.append(
+                tf.config.experimental.get_device_details(device).get("device_name", device.name)
+            )
         except (ValueError, RuntimeError):
             names.append(device.name)
     return names
@@ -94,20 +97,30 @@ def check(scale, *, verbose: bool = True) -> dict:
     if verbose:
         print("versions: " + ", ".join(f"{name} {v}" for name, v in found.items()))
     if bad := unsupported(found):
-        raise UnsupportedEnvironment(f"This course needs other library versions: {'; '.join(bad)}. Install the "
-                                     f"course's requirements (pip install -r requirements.txt) and restart the kernel.")
+        raise UnsupportedEnvironment(
+            f"This course needs other library versions: {'; '.join(bad)}. Install the "
+            f"course's requirements (pip install -r requirements.txt) and restart the kernel."
+        )
     devices = gpus()
     if verbose:
         print("GPU: " + (", ".join(devices) if devices else "none (TensorFlow runs on the CPU)"))
     if preset.rehearsal and verbose:
-        print(f"rehearsal of scale '{preset.name}': runs on the CPU, without a GPU or ImageNet weights")
+        print(
+            f"rehearsal of scale '{preset.name}': runs on the CPU, without a GPU or ImageNet weights"
+        )
     if preset.name in NEEDS_GPU and not preset.rehearsal:
         if not devices:
-            raise UnsupportedEnvironment(f"SCALE='{preset.name}' needs a GPU and TensorFlow sees none: on Colab "
-                                         f"choose Runtime > Change runtime type > T4 GPU, or run SCALE='smoke' or 'cpu' here.")
+            raise UnsupportedEnvironment(
+                f"SCALE='{preset.name}' needs a GPU and TensorFlow sees none: on Colab "
+                f"choose Runtime > Change runtime type > T4 GPU, or run SCALE='smoke' or 'cpu' here."
+            )
         side = preset.backbone_input or preset.image_size
-        if preset.weights == "imagenet" and (why := _imagenet_weights_problem(preset.main_architecture, side)):
-            raise UnsupportedEnvironment(f"SCALE='{preset.name}' needs the ImageNet weights of "
-                                         f"{preset.main_architecture}, which could not be fetched ({why}); connect "
-                                         f"to the internet or run SCALE='smoke' or 'cpu'.")
+        if preset.weights == "imagenet" and (
+            why := _imagenet_weights_problem(preset.main_architecture, side)
+        ):
+            raise UnsupportedEnvironment(
+                f"SCALE='{preset.name}' needs the ImageNet weights of "
+                f"{preset.main_architecture}, which could not be fetched ({why}); connect "
+                f"to the internet or run SCALE='smoke' or 'cpu'."
+            )
     return {"versions": found, "gpus": devices}

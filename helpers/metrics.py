@@ -14,6 +14,7 @@ Conventions
 
 Bad inputs raise :class:`ValueError` with a message naming the parameter.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- validation
+
 
 def _as_array(values, name: str) -> np.ndarray:
     try:
@@ -59,13 +61,19 @@ def _as_labels(values, name: str, n_classes: int | None = None) -> np.ndarray:
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{name} contains NaN or infinite scores.")
         if n_classes is not None and array.shape[1] != n_classes:
-            raise ValueError(f"{name} has {array.shape[1]} score columns; expected n_classes={n_classes}.")
+            raise ValueError(
+                f"{name} has {array.shape[1]} score columns; expected n_classes={n_classes}."
+            )
         return np.argmax(array, axis=1)
     if array.ndim != 1:
-        raise ValueError(f"{name} must have shape (N,) labels or (N, K) scores; got shape {array.shape}.")
+        raise ValueError(
+            f"{name} must have shape (N,) labels or (N, K) scores; got shape {array.shape}."
+        )
     if not np.all(np.isfinite(array)) or not np.all(np.mod(array, 1) == 0):
-        raise ValueError(f"{name} must hold integer class labels; got non-integer values "
-                         f"(pass (N, K) probabilities as a 2-D array).")
+        raise ValueError(
+            f"{name} must hold integer class labels; got non-integer values "
+            f"(pass (N, K) probabilities as a 2-D array)."
+        )
     labels = array.astype(np.int64)
     _check_label_range(labels, name, n_classes)
     return labels
@@ -73,10 +81,14 @@ def _as_labels(values, name: str, n_classes: int | None = None) -> np.ndarray:
 
 def _check_label_range(labels: np.ndarray, name: str, n_classes: int | None) -> None:
     if labels.min() < 0:
-        raise ValueError(f"{name} contains negative labels (min {labels.min()}); expected labels >= 0.")
+        raise ValueError(
+            f"{name} contains negative labels (min {labels.min()}); expected labels >= 0."
+        )
     if n_classes is not None and labels.max() >= n_classes:
-        raise ValueError(f"{name} contains label {labels.max()}; expected labels in [0, {n_classes}) "
-                         f"for n_classes={n_classes}.")
+        raise ValueError(
+            f"{name} contains label {labels.max()}; expected labels in [0, {n_classes}) "
+            f"for n_classes={n_classes}."
+        )
 
 
 def _check_n_classes(n_classes, name: str = "n_classes") -> int:
@@ -87,8 +99,9 @@ def _check_n_classes(n_classes, name: str = "n_classes") -> int:
 
 def _check_same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
     if len(a) != len(b):
-        raise ValueError(f"{name_a} has {len(a)} samples but {name_b} has {len(b)}; "
-                         f"expected the same number.")
+        raise ValueError(
+            f"{name_a} has {len(a)} samples but {name_b} has {len(b)}; expected the same number."
+        )
 
 
 def _check_class_names(class_names, n_classes: int) -> list[str]:
@@ -108,6 +121,7 @@ def _score_columns(*arrays) -> int | None:
 
 
 # --------------------------------------------------------------------------- single-label
+
 
 def accuracy(y_true, y_pred) -> float:
     """Share of correct predictions, a float in [0, 1].
@@ -156,8 +170,10 @@ def fooling_rate(clean_pred, adv_pred) -> float:
 def _as_targets(target, n_images: int, n_classes: int | None) -> np.ndarray:
     targets = _as_array(target, "target")
     if targets.ndim > 1 or (targets.ndim == 1 and len(targets) != n_images):
-        raise ValueError(f"target must be one class index or an array of shape ({n_images},); "
-                         f"got shape {targets.shape}.")
+        raise ValueError(
+            f"target must be one class index or an array of shape ({n_images},); "
+            f"got shape {targets.shape}."
+        )
     if not np.all(np.isfinite(targets)) or not np.all(np.mod(targets, 1) == 0):
         raise ValueError(f"target must be an integer class index, got {target!r}.")
     targets = targets.astype(np.int64)
@@ -187,8 +203,9 @@ def targeted_success_baseline(clean_pred, target, n_classes: int | None = None) 
     return targeted_success_rate(clean_pred, target, n_classes)
 
 
-def dominant_classes(pred, n_classes: int, class_names: Sequence[str] | None = None,
-                     top: int = 2) -> list[tuple[str | int, float]]:
+def dominant_classes(
+    pred, n_classes: int, class_names: Sequence[str] | None = None, top: int = 2
+) -> list[tuple[str | int, float]]:
     """The ``top`` classes with the largest share of predictions, as ``[(name, share), ...]``.
 
     Shares are fractions in [0, 1], sorted from largest (ties: lower class index first);
@@ -198,14 +215,23 @@ def dominant_classes(pred, n_classes: int, class_names: Sequence[str] | None = N
     n_classes = _check_n_classes(n_classes)
     top = _check_n_classes(top, "top")
     labels = _as_labels(pred, "pred", n_classes)
-    names = _check_class_names(class_names, n_classes) if class_names is not None else list(range(n_classes))
+    names = (
+        _check_class_names(class_names, n_classes)
+        if class_names is not None
+        else list(range(n_classes))
+    )
     shares = np.bincount(labels, minlength=n_classes) / len(labels)
     order = np.argsort(-shares, kind="stable")[:top]
     return [(names[i], float(shares[i])) for i in order if shares[i] > 0]
 
 
-def per_class_table(y_true, clean_pred, adv_pred=None, class_names: Sequence[str] | None = None,
-                    n_classes: int | None = None) -> pd.DataFrame:
+def per_class_table(
+    y_true,
+    clean_pred,
+    adv_pred=None,
+    class_names: Sequence[str] | None = None,
+    n_classes: int | None = None,
+) -> pd.DataFrame:
     """One row per true class: ``n``, ``clean_accuracy`` and, with ``adv_pred``,
     ``adversarial_accuracy`` and ``fooling_rate`` among that class's images.
 
@@ -228,8 +254,11 @@ def per_class_table(y_true, clean_pred, adv_pred=None, class_names: Sequence[str
         adv = _as_labels(adv_pred, "adv_pred", n_classes)
         _check_same_length(truth, adv, "y_true", "adv_pred")
         n_classes = max(n_classes, int(adv.max()) + 1)
-    names = _check_class_names(class_names, n_classes) if class_names is not None else \
-        [str(i) for i in range(n_classes)]
+    names = (
+        _check_class_names(class_names, n_classes)
+        if class_names is not None
+        else [str(i) for i in range(n_classes)]
+    )
     rows = [_class_row(truth == c, c, truth, clean, adv) for c in range(n_classes)]
     table = pd.DataFrame(rows, index=pd.Index(names, name="true class"))
     return table
@@ -245,6 +274,7 @@ def _class_row(mask: np.ndarray, c: int, truth, clean, adv) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- multi-label
+
 
 def _average_ranks(scores: np.ndarray) -> np.ndarray:
     """1-based ranks of ``scores``; tied values share the mean of their ranks."""
@@ -264,7 +294,9 @@ def roc_auc(y_true, scores) -> float:
     truth = _as_binary(y_true, "y_true")
     values = _as_array(scores, "scores").astype(float)
     if truth.ndim != 1 or values.ndim != 1:
-        raise ValueError(f"y_true and scores must be 1-D (N,), got shapes {truth.shape} and {values.shape}.")
+        raise ValueError(
+            f"y_true and scores must be 1-D (N,), got shapes {truth.shape} and {values.shape}."
+        )
     _check_same_length(truth, values, "y_true", "scores")
     if not np.all(np.isfinite(values)):
         raise ValueError("scores contains NaN or infinite values.")
@@ -303,7 +335,9 @@ def multilabel_scores(y_true, probs, threshold: float = 0.5) -> dict[str, float 
     if scores.ndim != 2:
         raise ValueError(f"probs must be 2-D (N, L) sigmoid outputs, got shape {scores.shape}.")
     if truth.shape != scores.shape:
-        raise ValueError(f"probs has shape {scores.shape} but y_true has {truth.shape}; expected equal shapes.")
+        raise ValueError(
+            f"probs has shape {scores.shape} but y_true has {truth.shape}; expected equal shapes."
+        )
     if not np.all(np.isfinite(scores)):
         raise ValueError("probs contains NaN or infinite values.")
     if not 0.0 <= float(threshold) <= 1.0:

@@ -6,6 +6,7 @@ model, so that an attack perturbs the stored image space, as in the papers. The 
 has one softmax unit per class (two units for binary tasks: ART's attacks need them) or one
 sigmoid per finding for multi-label data.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,13 @@ class WeightsUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class Architecture:
     name: str
-    constructor: str | None        # keras.applications attribute, None for the small CNN
-    preprocess: str | None         # "tf" ([-1, 1]), "caffe" (BGR, mean-subtracted), "torch" (ImageNet z-score)
-    min_input: int                 # smallest side keras.applications accepts
-    paper_input: int               # side used in the papers
-    optimizer: str = "sgd"         # paper 000: SGD, momentum 0.9, learning rate 1e-3
+    constructor: str | None  # keras.applications attribute, None for the small CNN
+    preprocess: (
+        str | None
+    )  # "tf" ([-1, 1]), "caffe" (BGR, mean-subtracted), "torch" (ImageNet z-score)
+    min_input: int  # smallest side keras.applications accepts
+    paper_input: int  # side used in the papers
+    optimizer: str = "sgd"  # paper 000: SGD, momentum 0.9, learning rate 1e-3
 
 
 ARCHITECTURES = {
@@ -55,7 +58,9 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 def get_architecture(name: str) -> Architecture:
     key = str(name).lower().replace("-", "_")
     if key not in ARCHITECTURES:
-        raise ValueError(f"architecture={name!r} is unknown; choose one of {', '.join(ARCHITECTURES)}.")
+        raise ValueError(
+            f"architecture={name!r} is unknown; choose one of {', '.join(ARCHITECTURES)}."
+        )
     return ARCHITECTURES[key]
 
 
@@ -111,7 +116,9 @@ def small_cnn_body(x):
 def _backbone(arch: Architecture, side: int, weights: str | None):
     constructor = getattr(keras.applications, arch.constructor)
     try:
-        return constructor(include_top=False, weights=weights, input_shape=(side, side, 3), pooling="avg")
+        return constructor(
+            include_top=False, weights=weights, input_shape=(side, side, 3), pooling="avg"
+        )
     except Exception as error:  # keras wraps the URL error in a plain Exception
         if weights is None or not _looks_like_download_error(error):
             raise
@@ -119,7 +126,8 @@ def _backbone(arch: Architecture, side: int, weights: str | None):
             f"Could not download the ImageNet weights of {arch.constructor} ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200]}).\n  Connect to the internet once (Keras caches them in "
             f"{keras_models_dir()}), or copy the weights file there, or build the model with "
-            f"weights=None to train from random initialisation.") from None
+            f"weights=None to train from random initialisation."
+        ) from None
 
 
 def fetch_imagenet_weights(architecture: str, side: int) -> None:
@@ -139,12 +147,22 @@ def keras_models_dir() -> Path:
 
 def _looks_like_download_error(error: Exception) -> bool:
     text = f"{type(error).__name__} {error}".lower()
-    return any(word in text for word in ("url", "fetch", "connection", "name or service", "http", "download"))
+    return any(
+        word in text
+        for word in ("url", "fetch", "connection", "name or service", "http", "download")
+    )
 
 
-def build_model(architecture: str, input_shape: tuple[int, int, int], n_classes: int, *,
-                multilabel: bool = False, weights: str | None = "imagenet",
-                backbone_input: int | None = None, seed: int = 0) -> keras.Model:
+def build_model(
+    architecture: str,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    *,
+    multilabel: bool = False,
+    weights: str | None = "imagenet",
+    backbone_input: int | None = None,
+    seed: int = 0,
+) -> keras.Model:
     """A classifier for images of ``input_shape`` (H, W, C) in [0, 1].
 
     Args:
@@ -158,8 +176,10 @@ def build_model(architecture: str, input_shape: tuple[int, int, int], n_classes:
     arch = get_architecture(architecture)
     _check_input_shape(input_shape)
     if n_classes < 2:
-        raise ValueError(f"n_classes={n_classes}: use at least 2 softmax units (a binary task has 2), "
-                         f"never a single sigmoid unit.")
+        raise ValueError(
+            f"n_classes={n_classes}: use at least 2 softmax units (a binary task has 2), "
+            f"never a single sigmoid unit."
+        )
     if weights not in (None, "imagenet"):
         raise ValueError(f"weights={weights!r}; choose 'imagenet' or None.")
     keras.utils.set_random_seed(seed)
@@ -187,14 +207,29 @@ def _backbone_features(arch: Architecture, inputs, weights, backbone_input):
 
 def _check_input_shape(input_shape) -> None:
     if len(input_shape) != 3 or input_shape[-1] not in (1, 3) or input_shape[0] != input_shape[1]:
-        raise ValueError(f"input_shape={tuple(input_shape)}: expected (H, W, C) with H == W and C = 1 or 3.")
+        raise ValueError(
+            f"input_shape={tuple(input_shape)}: expected (H, W, C) with H == W and C = 1 or 3."
+        )
 
 
-def model_for(info, architecture: str, size: int, weights: str | None = "imagenet",
-              backbone_input: int | None = None, seed: int = 0) -> keras.Model:
+def model_for(
+    info,
+    architecture: str,
+    size: int,
+    weights: str | None = "imagenet",
+    backbone_input: int | None = None,
+    seed: int = 0,
+) -> keras.Model:
     """:func:`build_model` for a :class:`~helpers.data.DatasetInfo` at ``size`` px."""
-    return build_model(architecture, (size, size, info.channels), info.n_classes,
-                       multilabel=info.multilabel, weights=weights, backbone_input=backbone_input, seed=seed)
+    return build_model(
+        architecture,
+        (size, size, info.channels),
+        info.n_classes,
+        multilabel=info.multilabel,
+        weights=weights,
+        backbone_input=backbone_input,
+        seed=seed,
+    )
 
 
 def check_images(images, model: keras.Model, name: str = "images") -> np.ndarray:
@@ -202,14 +237,20 @@ def check_images(images, model: keras.Model, name: str = "images") -> np.ndarray
     images = np.asarray(images)
     expected = tuple(model.input_shape[1:])
     if images.ndim != 4 or images.shape[1:] != expected:
-        raise ValueError(f"{name} has shape {images.shape}; the model expects (N, {', '.join(map(str, expected))}).")
+        raise ValueError(
+            f"{name} has shape {images.shape}; the model expects (N, {', '.join(map(str, expected))})."
+        )
     if images.size and not np.isfinite(images).all():
         bad = int(np.sum((~np.isfinite(images)).reshape(len(images), -1).any(axis=1)))
-        raise ValueError(f"{name} holds NaN or infinite values ({bad} of {len(images)} images); give finite "
-                         f"floats in [0, 1] (check the preprocessing that produced them).")
+        raise ValueError(
+            f"{name} holds NaN or infinite values ({bad} of {len(images)} images); give finite "
+            f"floats in [0, 1] (check the preprocessing that produced them)."
+        )
     if images.size and (images.min() < 0.0 or images.max() > 1.0):
-        raise ValueError(f"{name} has values in [{images.min():.3g}, {images.max():.3g}]; expected floats in "
-                         f"[0, 1] (divide uint8 images by 255).")
+        raise ValueError(
+            f"{name} has values in [{images.min():.3g}, {images.max():.3g}]; expected floats in "
+            f"[0, 1] (divide uint8 images by 255)."
+        )
     return images.astype(np.float32, copy=False)
 
 
@@ -241,14 +282,16 @@ def predict_proba(model: keras.Model, images, batch_size: int = 256) -> np.ndarr
         batches = (check_images(batch, model) for batch in images.batches(batch_size))
     else:
         images = check_images(images, model)
-        batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+        batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
     forward = compiled_forward(model)
     outputs = [forward(batch).numpy() for batch in batches]
     costs.count(model, "forward", sum(len(output) for output in outputs))
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def predict_labels(model: keras.Model, images, batch_size: int = 256, threshold: float = 0.5) -> np.ndarray:
+def predict_labels(
+    model: keras.Model, images, batch_size: int = 256, threshold: float = 0.5
+) -> np.ndarray:
     """Predicted class (N,) - or, for a sigmoid (multi-label) model, the 0/1 findings (N, L)."""
     probs = predict_proba(model, images, batch_size)
     if is_multilabel(model):
@@ -278,9 +321,17 @@ def to_art_classifier(model: keras.Model, info=None):
 
     multilabel = is_multilabel(model)
     if info is not None and info.multilabel != multilabel:
-        raise ValueError(f"to_art_classifier: the model is {'multi-label' if multilabel else 'single-label'} "
-                         f"but the dataset {info.key!r} is {info.task}.")
-    loss = keras.losses.BinaryCrossentropy() if multilabel else keras.losses.CategoricalCrossentropy()
-    return TensorFlowV2Classifier(model=model, nb_classes=int(model.output_shape[-1]),
-                                  input_shape=tuple(model.input_shape[1:]), loss_object=loss,
-                                  clip_values=(0.0, 1.0))
+        raise ValueError(
+            f"to_art_classifier: the model is {'multi-label' if multilabel else 'single-label'} "
+            f"but the dataset {info.key!r} is {info.task}."
+        )
+    loss = (
+        keras.losses.BinaryCrossentropy() if multilabel else keras.losses.CategoricalCrossentropy()
+    )
+    return TensorFlowV2Classifier(
+        model=model,
+        nb_classes=int(model.output_shape[-1]),
+        input_shape=tuple(model.input_shape[1:]),
+        loss_object=loss,
+        clip_values=(0.0, 1.0),
+    )

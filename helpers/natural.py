@@ -13,6 +13,7 @@ ImageNet's terms, research and teaching only)::
     !wget -q https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz && tar xzf imagenette2-160.tgz
     os.environ["NATURAL_IMAGES_DIR"] = "imagenette2-160/train"
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,17 @@ from .config import ENV_NATURAL_DIR
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 #: Openly licensed photographs in scikit-image (name: licence): everyday scenes and textures, no
 #: medical or microscopy images (paper 001's attacker has no medical data), each photo once.
-SKIMAGE_PHOTOS = {"astronaut": "public domain (NASA)", "chelsea": "CC0", "coffee": "CC0", "rocket": "public domain",
-                  "camera": "CC0", "hubble_deep_field": "public domain (NASA)", "brick": "CC0", "grass": "CC0",
-                  "gravel": "CC0"}
+SKIMAGE_PHOTOS = {
+    "astronaut": "public domain (NASA)",
+    "chelsea": "CC0",
+    "coffee": "CC0",
+    "rocket": "public domain",
+    "camera": "CC0",
+    "hubble_deep_field": "public domain (NASA)",
+    "brick": "CC0",
+    "grass": "CC0",
+    "gravel": "CC0",
+}
 
 
 def _to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
@@ -42,7 +51,9 @@ def _check(size: int, channels: int) -> None:
     if not (isinstance(size, (int, np.integer)) and size >= 8):
         raise ValueError(f"size={size!r}: give the model's input side in px (>= 8).")
     if channels not in (1, 3):
-        raise ValueError(f"channels={channels!r}: 1 (grey, converted as the paper does) or 3 (RGB).")
+        raise ValueError(
+            f"channels={channels!r}: 1 (grey, converted as the paper does) or 3 (RGB)."
+        )
 
 
 def image_files(folder) -> list[Path]:
@@ -52,23 +63,30 @@ def image_files(folder) -> list[Path]:
         raise ValueError(f"folder={str(folder)!r} is not a folder of photos.")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
     if not files:
-        raise ValueError(f"folder={str(folder)!r} holds no images ({', '.join(sorted(EXTENSIONS))}).")
+        raise ValueError(
+            f"folder={str(folder)!r} holds no images ({', '.join(sorted(EXTENSIONS))})."
+        )
     return files
 
 
-def load_folder(folder, size: int, channels: int, count: int | None = None, seed: int = 0) -> np.ndarray:
+def load_folder(
+    folder, size: int, channels: int, count: int | None = None, seed: int = 0
+) -> np.ndarray:
     """Up to ``count`` photos from ``folder`` (random choice), as float32 (N, size, size, channels) in [0, 1]."""
     _check(size, channels)
     files = image_files(folder)
     if count is not None and count < len(files):
-        files = [files[i] for i in sorted(np.random.default_rng(seed).choice(len(files), count, replace=False))]
+        files = [
+            files[i]
+            for i in sorted(np.random.default_rng(seed).choice(len(files), count, replace=False))
+        ]
     arrays = []
     for path in files:
         try:
             with Image.open(path) as image:
                 arrays.append(_to_array(image, size, channels))
         except OSError:
-            continue   # an unreadable file is skipped, not fatal
+            continue  # an unreadable file is skipped, not fatal
     if not arrays:
         raise ValueError(f"folder={str(folder)!r}: none of its images could be read.")
     return np.stack(arrays)
@@ -85,11 +103,13 @@ def skimage_photos() -> dict:
             continue
         try:
             array = np.asarray(loader())
-        except Exception:   # a sample that needs a download (pooch) is skipped offline
+        except Exception:  # a sample that needs a download (pooch) is skipped offline
             continue
         if array.ndim == 3 and array.shape[-1] == 4:
             array = array[..., :3]
-        photos[name] = Image.fromarray(array if array.dtype == np.uint8 else (255 * array).astype(np.uint8))
+        photos[name] = Image.fromarray(
+            array if array.dtype == np.uint8 else (255 * array).astype(np.uint8)
+        )
     return photos
 
 
@@ -98,25 +118,33 @@ def sample_photos(size: int, channels: int, count: int = 200, seed: int = 0) -> 
     _check(size, channels)
     photos = list(skimage_photos().values())
     if not photos:
-        raise ValueError(f"none of scikit-image's sample photographs could be loaded; set {ENV_NATURAL_DIR} "
-                         f"(or folder=) to a folder of photos instead.")
+        raise ValueError(
+            f"none of scikit-image's sample photographs could be loaded; set {ENV_NATURAL_DIR} "
+            f"(or folder=) to a folder of photos instead."
+        )
     rng = np.random.default_rng(seed)
     crops = []
     for _ in range(count):
         photo = photos[rng.integers(len(photos))]
         side = int(min(photo.size) * rng.uniform(0.2, 1.0))
-        left, top = rng.integers(0, photo.size[0] - side + 1), rng.integers(0, photo.size[1] - side + 1)
+        left, top = (
+            rng.integers(0, photo.size[0] - side + 1),
+            rng.integers(0, photo.size[1] - side + 1),
+        )
         crops.append(_to_array(photo.crop((left, top, left + side, top + side)), size, channels))
     return np.stack(crops)
 
 
-FOLDER_HELP = (f"Point {ENV_NATURAL_DIR} at a folder of natural photos (any jpg/png; sub-folders are searched): "
-               "ImageNet's ILSVRC-2012 training images, as paper 001 used, an Open Images download, or "
-               "Imagenette (see this module's docstring).")
+FOLDER_HELP = (
+    f"Point {ENV_NATURAL_DIR} at a folder of natural photos (any jpg/png; sub-folders are searched): "
+    "ImageNet's ILSVRC-2012 training images, as paper 001 used, an Open Images download, or "
+    "Imagenette (see this module's docstring)."
+)
 
 
-def natural_images(size: int, channels: int, count: int = 200, folder=None, seed: int = 0,
-                   scale: str | None = None) -> tuple[np.ndarray, str]:
+def natural_images(
+    size: int, channels: int, count: int = 200, folder=None, seed: int = 0, scale: str | None = None
+) -> tuple[np.ndarray, str]:
     """Natural images for a model's input, and a description of where they came from.
 
     Without a folder the images are crops of at most a dozen scikit-image photos, far from
@@ -128,30 +156,41 @@ def natural_images(size: int, channels: int, count: int = 200, folder=None, seed
         images = load_folder(folder, size, channels, count, seed)
         return images, f"{len(images)} photos from {folder}"
     if scale == "paper":
-        raise ValueError(f"scale 'paper' reproduces paper 001 with {count:,} natural photos, but no folder of photos "
-                         f"was given, only scikit-image's few sample photographs. {FOLDER_HELP}")
+        raise ValueError(
+            f"scale 'paper' reproduces paper 001 with {count:,} natural photos, but no folder of photos "
+            f"was given, only scikit-image's few sample photographs. {FOLDER_HELP}"
+        )
     images = sample_photos(size, channels, count, seed)
     description = f"{len(images)} crops of scikit-image's openly licensed sample photographs"
     if scale in ("gpu", "gpu-rehearsal", "paper-rehearsal"):
-        print("!" * 78 + f"\n!! NATURAL IMAGES: {description}, not ImageNet: far less varied than paper 001's"
-              f"\n!! attack set, so the natural-image UAPs are weaker than the paper's.\n!! {FOLDER_HELP}\n"
-              + "!" * 78)
+        print(
+            "!"
+            * 78
+            + f"\n!! NATURAL IMAGES: {description}, not ImageNet: far less varied than paper 001's"
+            f"\n!! attack set, so the natural-image UAPs are weaker than the paper's.\n!! {FOLDER_HELP}\n"
+            + "!"
+            * 78
+        )
     return images, description
 
 
 def label_composition(predictions, class_names) -> pd.Series:
     """Share of images predicted as each class (paper 001, Tables S1-S3)."""
     counts = np.bincount(np.asarray(predictions), minlength=len(class_names))
-    return pd.Series(counts / max(counts.sum(), 1), index=list(class_names), name="share of natural images")
+    return pd.Series(
+        counts / max(counts.sum(), 1), index=list(class_names), name="share of natural images"
+    )
 
 
-def iter_folder(folder, size: int, channels: int, count: int | None = None, chunk: int = 1000, seed: int = 0):
+def iter_folder(
+    folder, size: int, channels: int, count: int | None = None, chunk: int = 1000, seed: int = 0
+):
     """Photos of ``folder`` in random order, loaded ``chunk`` at a time (for sets too big for memory)."""
     files = image_files(folder)
     order = np.random.default_rng(seed).permutation(len(files))[:count]
     for start in range(0, len(order), chunk):
         arrays = []
-        for index in order[start:start + chunk]:
+        for index in order[start : start + chunk]:
             try:
                 with Image.open(files[index]) as image:
                     arrays.append(_to_array(image, size, channels))
@@ -161,8 +200,20 @@ def iter_folder(folder, size: int, channels: int, count: int | None = None, chun
             yield np.stack(arrays)
 
 
-def uap_in_chunks(model, images, *, xi: float, eval_images, chunk: int = 1000, norm=2, eps: float = 0.005,
-                  target: int | None = None, seed: int = 0, mode: str = "faithful", progress: bool = True) -> tuple:
+def uap_in_chunks(
+    model,
+    images,
+    *,
+    xi: float,
+    eval_images,
+    chunk: int = 1000,
+    norm=2,
+    eps: float = 0.005,
+    target: int | None = None,
+    seed: int = 0,
+    mode: str = "faithful",
+    progress: bool = True,
+) -> tuple:
     """One pass (i_max = 1) over natural images, chunk by chunk, each chunk warm-starting from the last.
 
     ``images`` is an array (N, H, W, C), split into chunks of ``chunk`` images in random order,
@@ -180,14 +231,26 @@ def uap_in_chunks(model, images, *, xi: float, eval_images, chunk: int = 1000, n
     chunks, total = images, None
     if isinstance(images, np.ndarray):
         order = np.random.default_rng(seed).permutation(len(images))
-        chunks = (images[order[i:i + chunk]] for i in range(0, len(images), chunk))
+        chunks = (images[order[i : i + chunk]] for i in range(0, len(images), chunk))
         total = -(-len(images) // chunk)
     perturbation, rows, result, used = None, [], None, 0
-    for number, part in enumerate(tqdm(chunks, total=total, desc="natural-image UAP", unit="chunk",
-                                       disable=not progress)):
-        result = uap.universal_perturbation(model, part, xi=xi, norm=norm, eps=eps, i_max=1, target=target,
-                                            mode=mode, init=perturbation, eval_images=eval_images,
-                                            seed=seed + number, progress=False)
+    for number, part in enumerate(
+        tqdm(chunks, total=total, desc="natural-image UAP", unit="chunk", disable=not progress)
+    ):
+        result = uap.universal_perturbation(
+            model,
+            part,
+            xi=xi,
+            norm=norm,
+            eps=eps,
+            i_max=1,
+            target=target,
+            mode=mode,
+            init=perturbation,
+            eval_images=eval_images,
+            seed=seed + number,
+            progress=False,
+        )
         perturbation, used = result.perturbation, used + len(part)
         rows.append({"natural images used": used, "rate": result.eval_rates[-1]})
     if result is None:

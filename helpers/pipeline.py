@@ -19,6 +19,7 @@ From Python (e.g. a test)::
     summary = run("smoke", tmp_path / "book", chapters=["01_transfer_learning"])
     summary["notebooks"]["01_transfer_learning"], summary["results"][...], summary["html_index"]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _SPHINX_ERROR = re.compile(r"(^|:\s)(ERROR|CRITICAL|SEVERE):\s")
 _PAPERMILL_MARKER = "papermill-error-cell-tag"
-PREVIOUS = "previous"   # book/chapters/previous/<scale>/: executed chapters of other scales
+PREVIOUS = "previous"  # book/chapters/previous/<scale>/: executed chapters of other scales
 
 
 class ChapterFailed(RuntimeError):
@@ -56,7 +57,7 @@ class ChapterFailed(RuntimeError):
         self.chapter = chapter
         self.report = report
 
-    def __reduce__(self):          # crosses from a worker process (``jobs`` > 1) intact
+    def __reduce__(self):  # crosses from a worker process (``jobs`` > 1) intact
         return type(self), (self.chapter, self.report)
 
 
@@ -69,12 +70,13 @@ class ChapterRun:
     """One executed chapter."""
 
     name: str
-    notebook: Path          # the executed notebook
-    results: Path | None    # its <name>.results.json, if the chapter recorded anything
+    notebook: Path  # the executed notebook
+    results: Path | None  # its <name>.results.json, if the chapter recorded anything
     seconds: float
 
 
 # ----------------------------------------------------------------------------- the toc
+
 
 def _toc_files(node) -> Iterator[str]:
     """Every ``file:`` entry of a (nested) toc structure, in order."""
@@ -122,17 +124,24 @@ def _select(requested: Iterable[str] | None, toc: list[str]) -> list[str]:
         stem = Path(item).stem
         matches = [n for n in toc if n == stem] or [n for n in toc if n.startswith(stem + "_")]
         if len(matches) != 1:
-            raise ValueError(f"chapter {item!r} is not (unambiguously) in the book's _toc.yml; "
-                             f"chapters: {', '.join(toc) or 'none'}")
+            raise ValueError(
+                f"chapter {item!r} is not (unambiguously) in the book's _toc.yml; "
+                f"chapters: {', '.join(toc) or 'none'}"
+            )
         names.append(matches[0])
     return names
 
 
 # ----------------------------------------------------------------------------- book folder
 
+
 def _ignore_generated(folder: str, names: list[str]) -> set[str]:
     """copytree filter: skip build output and executed chapters."""
-    skip = {n for n in names if n in ("_build", ".ipynb_checkpoints", PREVIOUS) or n.endswith(".results.json")}
+    skip = {
+        n
+        for n in names
+        if n in ("_build", ".ipynb_checkpoints", PREVIOUS) or n.endswith(".results.json")
+    }
     if Path(folder).resolve() == (BOOK_DIR / "chapters").resolve():
         skip |= {n for n in names if n.endswith(".ipynb")}
     return skip
@@ -148,6 +157,7 @@ def prepare_book_dir(book_dir: str | Path = BOOK_DIR) -> Path:
 
 
 # ----------------------------------------------------------------------------- execution
+
 
 @contextlib.contextmanager
 def _environ(**values: str | None) -> Iterator[None]:
@@ -177,8 +187,8 @@ def _kernel_environment(records_dir: Path) -> dict[str, str]:
     """What the chapter kernel needs on top of ``os.environ``."""
     return {
         "COURSE_RECORDS_DIR": str(records_dir),
-        "MPLBACKEND": INLINE_BACKEND,                     # figures inline even under MPLBACKEND=Agg
-        "PYTHONPATH": _prepend("PYTHONPATH", REPO),       # `import helpers` without installing
+        "MPLBACKEND": INLINE_BACKEND,  # figures inline even under MPLBACKEND=Agg
+        "PYTHONPATH": _prepend("PYTHONPATH", REPO),  # `import helpers` without installing
         # This interpreter's python3 kernelspec first, even if the user registered another one.
         "JUPYTER_PATH": _prepend("JUPYTER_PATH", Path(sys.prefix) / "share" / "jupyter"),
     }
@@ -192,10 +202,16 @@ def _failing_cell(notebook: Path) -> tuple[int | None, str] | None:
         nb = nbformat.read(notebook, as_version=4)
     except Exception:  # noqa: BLE001 - no readable output notebook
         return None
-    cells = [c for c in nb.cells if c.cell_type == "code" and _PAPERMILL_MARKER not in c.metadata.get("tags", [])]
-    for test in (lambda c: any(o.get("output_type") == "error" for o in c.get("outputs", [])),
-                 lambda c: c.metadata.get("papermill", {}).get("exception") is True,
-                 lambda c: c.metadata.get("papermill", {}).get("status") == "running"):
+    cells = [
+        c
+        for c in nb.cells
+        if c.cell_type == "code" and _PAPERMILL_MARKER not in c.metadata.get("tags", [])
+    ]
+    for test in (
+        lambda c: any(o.get("output_type") == "error" for o in c.get("outputs", [])),
+        lambda c: c.metadata.get("papermill", {}).get("exception") is True,
+        lambda c: c.metadata.get("papermill", {}).get("status") == "running",
+    ):
         for cell in cells:
             if test(cell):
                 return cell.get("execution_count"), cell.source
@@ -217,7 +233,14 @@ def failure_report(name: str, output: Path, error: BaseException) -> str:
         parts = [bar, f"Chapter {name} failed outside its cells:", bar, message]
     else:
         count = cell[0] if cell[0] is not None else " "
-        parts = [bar, f"Chapter {name} failed in cell In [{count}]:", bar, cell[1].rstrip(), bar, message]
+        parts = [
+            bar,
+            f"Chapter {name} failed in cell In [{count}]:",
+            bar,
+            cell[1].rstrip(),
+            bar,
+            message,
+        ]
     if details and details.strip() != message:
         parts += ["", details.rstrip()]
     parts.append(bar)
@@ -227,7 +250,9 @@ def failure_report(name: str, output: Path, error: BaseException) -> str:
 
 
 #: stderr lines of TensorFlow's runtime logs (absl/oneDNN/CUDA notices), not written by the chapter.
-_RUNTIME_LOG = re.compile(r"^([IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |WARNING: All log messages before absl::InitializeLog)")
+_RUNTIME_LOG = re.compile(
+    r"^([IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |WARNING: All log messages before absl::InitializeLog)"
+)
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
@@ -246,7 +271,9 @@ def tidy_outputs(notebook: Path) -> int:
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
-    changed = int(nb.metadata.pop("widgets", None) is not None)   # their state: loads widget scripts from CDNs
+    changed = int(
+        nb.metadata.pop("widgets", None) is not None
+    )  # their state: loads widget scripts from CDNs
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -257,7 +284,9 @@ def tidy_outputs(notebook: Path) -> int:
         changed += _alt_text_to_cell(cell)
         kept = []
         for output in cell.outputs:
-            if output.get("output_type") == "display_data" and _WIDGET_VIEW in output.get("data", {}):
+            if output.get("output_type") == "display_data" and _WIDGET_VIEW in output.get(
+                "data", {}
+            ):
                 changed += 1
                 continue
             if output.get("output_type") == "stream" and output.get("name") == "stderr":
@@ -321,10 +350,17 @@ def keep_other_scale(output: Path, results: Path, scale: str) -> Path | None:
     return folder
 
 
-def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke", *,
-                    cwd: str | Path | None = None, records_dir: str | Path | None = None,
-                    timeout: float | None = None, log_output: bool = True,
-                    parameters: dict | None = None) -> ChapterRun:
+def execute_chapter(
+    source: str | Path,
+    output: str | Path,
+    scale: str = "smoke",
+    *,
+    cwd: str | Path | None = None,
+    records_dir: str | Path | None = None,
+    timeout: float | None = None,
+    log_output: bool = True,
+    parameters: dict | None = None,
+) -> ChapterRun:
     """Execute one notebook with papermill, ``SCALE`` injected; raise :class:`ChapterFailed` on error.
 
     The kernel runs in ``cwd`` (default: the notebook's folder) with ``COURSE_RECORDS_DIR`` =
@@ -346,18 +382,32 @@ def execute_chapter(source: str | Path, output: str | Path, scale: str = "smoke"
     with _environ(**_kernel_environment(records)):
         try:
             papermill.execute_notebook(
-                str(source), str(output), parameters={"SCALE": scale, **(parameters or {})},
-                kernel_name=KERNEL_NAME, language="python",
-                cwd=str(cwd or source.parent), progress_bar=False, log_output=log_output,
-                execution_timeout=timeout)
+                str(source),
+                str(output),
+                parameters={"SCALE": scale, **(parameters or {})},
+                kernel_name=KERNEL_NAME,
+                language="python",
+                cwd=str(cwd or source.parent),
+                progress_bar=False,
+                log_output=log_output,
+                execution_timeout=timeout,
+            )
         except Exception as error:  # noqa: BLE001 - cell errors, timeouts, dead kernels
             raise ChapterFailed(name, failure_report(name, output, error)) from error
     tidy_outputs(output)
-    return ChapterRun(name, output, results if results.exists() else None, time.perf_counter() - start)
+    return ChapterRun(
+        name, output, results if results.exists() else None, time.perf_counter() - start
+    )
 
 
-def execute_all(names: Iterable[str], book_dir: str | Path = BOOK_DIR, scale: str = "smoke",
-                timeout: float | None = None, parameters: dict | None = None, jobs: int = 1) -> list[ChapterRun]:
+def execute_all(
+    names: Iterable[str],
+    book_dir: str | Path = BOOK_DIR,
+    scale: str = "smoke",
+    timeout: float | None = None,
+    parameters: dict | None = None,
+    jobs: int = 1,
+) -> list[ChapterRun]:
     """Execute chapters ``names`` into ``<book_dir>/chapters/``, stopping at the first failure.
 
     ``parameters``: injected into every chapter besides ``SCALE`` (e.g. ``{"SEED": 1}``).
@@ -370,15 +420,28 @@ def execute_all(names: Iterable[str], book_dir: str | Path = BOOK_DIR, scale: st
     for name in names:
         if not source_notebook(name).exists():
             raise FileNotFoundError(f"chapter {name}: no source notebook {source_notebook(name)}")
-    tasks = [(i, len(names), str(source_notebook(name)), str(book_dir), scale, timeout, parameters, str(CHAPTERS_DIR))
-             for i, name in enumerate(names, 1)]
+    tasks = [
+        (
+            i,
+            len(names),
+            str(source_notebook(name)),
+            str(book_dir),
+            scale,
+            timeout,
+            parameters,
+            str(CHAPTERS_DIR),
+        )
+        for i, name in enumerate(names, 1)
+    ]
     if jobs == 1 or len(names) < 3:
         return [_execute_numbered(*task) for task in tasks]
     runs = [_execute_numbered(*tasks[0])]
     import concurrent.futures
     import multiprocessing
 
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         futures = [pool.submit(_execute_numbered, *task) for task in tasks[1:]]
         try:
             runs += [future.result() for future in futures]
@@ -389,14 +452,21 @@ def execute_all(names: Iterable[str], book_dir: str | Path = BOOK_DIR, scale: st
     return runs
 
 
-def _execute_numbered(i: int, total: int, source: str, book_dir: str, scale: str, timeout, parameters,
-                      cwd: str) -> ChapterRun:
+def _execute_numbered(
+    i: int, total: int, source: str, book_dir: str, scale: str, timeout, parameters, cwd: str
+) -> ChapterRun:
     """Execute the chapter notebook ``source`` (number ``i`` of ``total``) into ``<book_dir>/chapters/``."""
     name = Path(source).stem
     shown = "".join(f", {key}={value!r}" for key, value in (parameters or {}).items())
     print(f"=== [{i}/{total}] {name} (SCALE={scale}{shown})", flush=True)
-    run_ = execute_chapter(source, Path(book_dir) / "chapters" / f"{name}.ipynb", scale,
-                           cwd=cwd, timeout=timeout, parameters=parameters)
+    run_ = execute_chapter(
+        source,
+        Path(book_dir) / "chapters" / f"{name}.ipynb",
+        scale,
+        cwd=cwd,
+        timeout=timeout,
+        parameters=parameters,
+    )
     print(f"=== {name} done in {run_.seconds:.0f} s", flush=True)
     return run_
 
@@ -414,6 +484,7 @@ def _add_unexecuted(book_dir: Path, names: Iterable[str]) -> list[str]:
 
 # ----------------------------------------------------------------------------- HTML
 
+
 def _jupyter_book_command() -> list[str]:
     """The jupyter-book of this interpreter's environment."""
     binary = Path(sys.executable).with_name("jupyter-book")
@@ -430,8 +501,14 @@ def build_html(book_dir: str | Path = BOOK_DIR, *, verbose: bool = True) -> Path
     book_dir = Path(book_dir).resolve()
     command = [*_jupyter_book_command(), "build", str(book_dir), "--all"]
     print("=== " + " ".join(command), flush=True)
-    proc = subprocess.Popen(command, cwd=book_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace")
+    proc = subprocess.Popen(
+        command,
+        cwd=book_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
     lines = []
     for line in proc.stdout:
         line = _ANSI.sub("", line)
@@ -444,7 +521,9 @@ def build_html(book_dir: str | Path = BOOK_DIR, *, verbose: bool = True) -> Path
     if status or errors or not index.exists():
         if errors:
             raise BuildFailed("the book build reported errors:\n" + "\n".join(errors[:20]))
-        raise BuildFailed(f"jupyter-book build failed (exit status {status}):\n" + "".join(lines[-30:]))
+        raise BuildFailed(
+            f"jupyter-book build failed (exit status {status}):\n" + "".join(lines[-30:])
+        )
     warnings = sum("WARNING" in line for line in lines)
     print(f"=== book built with {warnings} warning(s): {index}", flush=True)
     return index
@@ -452,8 +531,16 @@ def build_html(book_dir: str | Path = BOOK_DIR, *, verbose: bool = True) -> Path
 
 # ----------------------------------------------------------------------------- all together
 
-def run(scale: str = "smoke", book_dir: str | Path = BOOK_DIR, chapters: Iterable[str] | None = None,
-        build: bool = True, timeout: float | None = None, parameters: dict | None = None, jobs: int = 1) -> dict:
+
+def run(
+    scale: str = "smoke",
+    book_dir: str | Path = BOOK_DIR,
+    chapters: Iterable[str] | None = None,
+    build: bool = True,
+    timeout: float | None = None,
+    parameters: dict | None = None,
+    jobs: int = 1,
+) -> dict:
     """Execute the chapters (default: all in the toc) and build the book.
 
     ``parameters``: injected into every chapter besides ``SCALE`` (e.g. ``{"SEED": 1}``).
@@ -491,8 +578,10 @@ def print_summary(summary: dict) -> None:
     print(f"\nSummary (SCALE={summary['scale']})")
     for name, notebook in summary["notebooks"].items():
         results = summary["results"][name]
-        print(f"  {name:<32} {summary['seconds'][name]:7.1f} s   "
-              f"results: {_short(results) if results else '(none recorded)'}")
+        print(
+            f"  {name:<32} {summary['seconds'][name]:7.1f} s   "
+            f"results: {_short(results) if results else '(none recorded)'}"
+        )
     for name in summary["unexecuted"]:
         print(f"  {name:<32} not executed in this run: shown without outputs")
     if summary["html_index"]:
@@ -521,22 +610,50 @@ def strip_notebooks(paths: Iterable[str | Path] | None = None) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m helpers.pipeline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.pipeline", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--scale", default="smoke", choices=SCALES)
-    parser.add_argument("--chapters", nargs="+", metavar="NAME", help="only these chapters (default: all in the toc)")
-    parser.add_argument("--book-dir", default=str(BOOK_DIR), help="book folder (default: the repository's book/)")
-    parser.add_argument("--no-build", action="store_true", help="execute the chapters but do not build the HTML")
-    parser.add_argument("--timeout", type=float, default=None, metavar="S", help="limit on each cell, in seconds")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="after the first chapter, execute N chapters at a time (default 1)")
-    parser.add_argument("--rehearsal", action="store_true",
-                        help="the scale's code paths with tiny budgets, random weights and synthetic data")
+    parser.add_argument(
+        "--chapters",
+        nargs="+",
+        metavar="NAME",
+        help="only these chapters (default: all in the toc)",
+    )
+    parser.add_argument(
+        "--book-dir", default=str(BOOK_DIR), help="book folder (default: the repository's book/)"
+    )
+    parser.add_argument(
+        "--no-build", action="store_true", help="execute the chapters but do not build the HTML"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="limit on each cell, in seconds"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="after the first chapter, execute N chapters at a time (default 1)",
+    )
+    parser.add_argument(
+        "--rehearsal",
+        action="store_true",
+        help="the scale's code paths with tiny budgets, random weights and synthetic data",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     start = time.perf_counter()
     try:
-        summary = run(args.scale, args.book_dir, args.chapters, build=not args.no_build, timeout=args.timeout,
-                      parameters={"REHEARSAL": True} if args.rehearsal else None, jobs=args.jobs)
+        summary = run(
+            args.scale,
+            args.book_dir,
+            args.chapters,
+            build=not args.no_build,
+            timeout=args.timeout,
+            parameters={"REHEARSAL": True} if args.rehearsal else None,
+            jobs=args.jobs,
+        )
     except ChapterFailed as failure:
         print(f"\n{failure.report}", file=sys.stderr)
         return 1

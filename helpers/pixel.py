@@ -37,6 +37,7 @@ class (Tables 6, 15), class transformations (Table 7) and their ratio T_adv (equ
 Table 8), disease/normal conversions (Table 9), AvgCL (equation 8), the resulting label sets
 of a multi-label attack (Table 16) and the findings they contain (Figure 10).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,26 +51,51 @@ import pandas as pd
 from . import costs
 from .models import check_images, compiled_forward, is_multilabel, weights_digest
 
-MAX_PIXELS = 3          # the paper attacks with 1, 2 and 3 pixels
-DELTA = 1e-5            # equations 3-4: keeps the cosine similarity's denominator positive
-GAMMA = 0.5             # a finding is present when its sigmoid output is > GAMMA
-NORMAL = "Normal"       # name of the empty label set (no finding)
-VALUES_PER_CALL = 2 ** 24   # default chunk: about this many input values per model call ...
-MIN_BATCH, MAX_BATCH = 32, 4096   # ... and between these many images
+MAX_PIXELS = 3  # the paper attacks with 1, 2 and 3 pixels
+DELTA = 1e-5  # equations 3-4: keeps the cosine similarity's denominator positive
+GAMMA = 0.5  # a finding is present when its sigmoid output is > GAMMA
+NORMAL = "Normal"  # name of the empty label set (no finding)
+VALUES_PER_CALL = 2**24  # default chunk: about this many input values per model call ...
+MIN_BATCH, MAX_BATCH = 32, 4096  # ... and between these many images
 
 __all__ = [
-    "PixelAttackResult", "pixel_attack", "random_pixels",
-    "pixel_bounds", "image_streams", "random_population", "apply_pixels", "default_batch_size", "draw_donors",
-    "mutate", "select",
-    "cosine_similarity", "fitness", "is_success",
-    "success_rate_table", "transformation_table", "transform_ratio", "conversion_table", "avg_cl",
-    "label_set_names", "label_set_table", "finding_counts", "findings_per_image", "report",
-    "images_per_class", "frequent_label_sets", "images_per_label_set", "prediction_text",
-    "attack_key", "save_result", "load_result", "cached_attack",
+    "PixelAttackResult",
+    "pixel_attack",
+    "random_pixels",
+    "pixel_bounds",
+    "image_streams",
+    "random_population",
+    "apply_pixels",
+    "default_batch_size",
+    "draw_donors",
+    "mutate",
+    "select",
+    "cosine_similarity",
+    "fitness",
+    "is_success",
+    "success_rate_table",
+    "transformation_table",
+    "transform_ratio",
+    "conversion_table",
+    "avg_cl",
+    "label_set_names",
+    "label_set_table",
+    "finding_counts",
+    "findings_per_image",
+    "report",
+    "images_per_class",
+    "frequent_label_sets",
+    "images_per_label_set",
+    "prediction_text",
+    "attack_key",
+    "save_result",
+    "load_result",
+    "cached_attack",
 ]
 
 
 # --------------------------------------------------------------------------- candidates
+
 
 def pixel_bounds(shape, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds (k, 2 + C) of a candidate for images of ``shape`` (H, W, C).
@@ -109,7 +135,9 @@ def _draw(rng, n_images: int, draw) -> np.ndarray:
     if isinstance(rng, np.random.Generator):
         return draw(rng, n_images)
     if len(rng) != n_images:
-        raise ValueError(f"got {len(rng)} random streams for {n_images} images; give one per image.")
+        raise ValueError(
+            f"got {len(rng)} random streams for {n_images} images; give one per image."
+        )
     return np.concatenate([draw(stream, 1) for stream in rng])
 
 
@@ -138,11 +166,15 @@ def apply_pixels(images, pixels) -> np.ndarray:
     pixels = np.asarray(pixels, dtype=np.float64)
     n, height, width, channels = images.shape
     if pixels.ndim < 3 or pixels.shape[0] != n or pixels.shape[-1] != 2 + channels:
-        raise ValueError(f"pixels has shape {pixels.shape}; expected ({n}, ..., k, {2 + channels}) "
-                         f"for images of shape {images.shape}.")
+        raise ValueError(
+            f"pixels has shape {pixels.shape}; expected ({n}, ..., k, {2 + channels}) "
+            f"for images of shape {images.shape}."
+        )
     extra, k = pixels.shape[1:-2], pixels.shape[-2]
-    flat = pixels.reshape(-1, k, 2 + channels)                             # (A E, k, 2 + C)
-    out = np.repeat(images[:, None], math.prod(extra), axis=1).reshape(-1, height, width, channels)   # (A E, H, W, C)
+    flat = pixels.reshape(-1, k, 2 + channels)  # (A E, k, 2 + C)
+    out = np.repeat(images[:, None], math.prod(extra), axis=1).reshape(
+        -1, height, width, channels
+    )  # (A E, H, W, C)
     _paint(out, flat)
     return out.reshape(n, *extra, height, width, channels)
 
@@ -153,7 +185,7 @@ def _paint(batch, pixels) -> None:
     Pixel j is written after pixel j - 1, so the later one wins on a shared position.
     """
     height, width = batch.shape[1:3]
-    cols = np.clip(np.floor(pixels[..., 0]).astype(np.intp), 0, width - 1)    # (M, k)
+    cols = np.clip(np.floor(pixels[..., 0]).astype(np.intp), 0, width - 1)  # (M, k)
     rows = np.clip(np.floor(pixels[..., 1]).astype(np.intp), 0, height - 1)
     m = np.arange(len(batch))
     for j in range(pixels.shape[1]):
@@ -162,14 +194,20 @@ def _paint(batch, pixels) -> None:
 
 # --------------------------------------------------------------------------- differential evolution
 
+
 def draw_donors(rng, n_images: int, population: int) -> np.ndarray:
     """Indices (3, n_images, population): r1, r2, r3 distinct and != i for every child i.
 
     Three distinct draws among the population - 1 others, by the "skip the taken ones" trick
     (uniform, no rejection loop), then shifted past i. ``rng``: one Generator, or one per image.
     """
-    draws = _draw(rng, n_images, lambda g, n: g.integers(0, [[population - 1], [population - 2], [population - 3]],
-                                                         (n, 3, population)))
+    draws = _draw(
+        rng,
+        n_images,
+        lambda g, n: g.integers(
+            0, [[population - 1], [population - 2], [population - 3]], (n, 3, population)
+        ),
+    )
     r1, r2, r3 = draws[:, 0], draws[:, 1], draws[:, 2]
     r2 = r2 + (r2 >= r1)
     low, high = np.minimum(r1, r2), np.maximum(r1, r2)
@@ -194,7 +232,7 @@ def mutate(rng, population, F: float, donors, lower, upper) -> np.ndarray:
     low, span = (np.broadcast_to(b, children.shape)[outside] for b in (lower, upper - lower))
     if isinstance(rng, np.random.Generator):
         uniform = rng.random(low.shape)
-    else:   # image a's redrawn values come from its own stream, in the same (row-major) order
+    else:  # image a's redrawn values come from its own stream, in the same (row-major) order
         counts = outside.reshape(len(children), -1).sum(axis=1)
         uniform = np.concatenate([stream.random(count) for stream, count in zip(rng, counts)])
     children[outside] = low + uniform * span
@@ -209,10 +247,15 @@ def select(parents, parent_scores, children, child_scores):
     """
     replaced = np.asarray(child_scores) > np.asarray(parent_scores)
     mask = replaced.reshape(replaced.shape + (1,) * (np.ndim(parents) - replaced.ndim))
-    return np.where(mask, children, parents), np.where(replaced, child_scores, parent_scores), replaced
+    return (
+        np.where(mask, children, parents),
+        np.where(replaced, child_scores, parent_scores),
+        replaced,
+    )
 
 
 # --------------------------------------------------------------------------- fitness
+
 
 def cosine_similarity(labels, confidences, delta: float = DELTA) -> np.ndarray:
     """Equations 3-4 on [-1, 1]-mapped 0/1 labels and sigmoid outputs; reduces the last axis.
@@ -240,7 +283,9 @@ def fitness(outputs, reference, *, targeted: bool, multilabel: bool) -> np.ndarr
         score = cosine_similarity(reference.reshape(reference.shape[0], *extra, -1), outputs)
     else:
         index = reference.reshape(-1, *extra, 1).astype(np.intp)
-        score = np.take_along_axis(outputs, np.broadcast_to(index, outputs.shape[:-1] + (1,)), axis=-1)[..., 0]
+        score = np.take_along_axis(
+            outputs, np.broadcast_to(index, outputs.shape[:-1] + (1,)), axis=-1
+        )[..., 0]
     return score if targeted else -score
 
 
@@ -250,7 +295,10 @@ def is_success(outputs, reference, *, targeted: bool, multilabel: bool) -> np.nd
     reference = np.asarray(reference)
     extra = (1,) * (outputs.ndim - 2)
     if multilabel:
-        same = np.all((outputs > GAMMA) == reference.reshape(reference.shape[0], *extra, -1).astype(bool), axis=-1)
+        same = np.all(
+            (outputs > GAMMA) == reference.reshape(reference.shape[0], *extra, -1).astype(bool),
+            axis=-1,
+        )
     else:
         same = outputs.argmax(axis=-1) == reference.reshape(-1, *extra)
     return same if targeted else ~same
@@ -258,22 +306,27 @@ def is_success(outputs, reference, *, targeted: bool, multilabel: bool) -> np.nd
 
 # --------------------------------------------------------------------------- the attack
 
+
 @dataclass
 class PixelAttackResult:
     """What a pixel attack produced, per attacked image (N images, K outputs, k pixels, C channels)."""
 
-    adversarial: np.ndarray          # (N, H, W, C) float32 in [0, 1]
-    success: np.ndarray              # (N,) bool
-    original: np.ndarray             # clean prediction: (N,) class, or (N, L) 0/1 set (multi-label)
-    final: np.ndarray                # prediction on the adversarial image, same shape
-    original_confidence: np.ndarray  # (N,) clean p[original]; multi-label: cosine similarity (eq. 3) of set and outputs
-    final_confidence: np.ndarray     # (N,) adversarial p[final]; multi-label: the same for the final set
-    original_proba: np.ndarray       # (N, K) clean model outputs
-    final_proba: np.ndarray          # (N, K) adversarial model outputs
-    pixels: np.ndarray               # (N, k, 2 + C) changed pixels: integer x (column), y (row), then values
-    generations: np.ndarray          # (N,) DE generations run (0: the initial population succeeded)
-    queries: np.ndarray              # (N,) candidate images evaluated by the model
-    seconds: float                   # wall-clock time of the whole attack
+    adversarial: np.ndarray  # (N, H, W, C) float32 in [0, 1]
+    success: np.ndarray  # (N,) bool
+    original: np.ndarray  # clean prediction: (N,) class, or (N, L) 0/1 set (multi-label)
+    final: np.ndarray  # prediction on the adversarial image, same shape
+    original_confidence: (
+        np.ndarray
+    )  # (N,) clean p[original]; multi-label: cosine similarity (eq. 3) of set and outputs
+    final_confidence: (
+        np.ndarray
+    )  # (N,) adversarial p[final]; multi-label: the same for the final set
+    original_proba: np.ndarray  # (N, K) clean model outputs
+    final_proba: np.ndarray  # (N, K) adversarial model outputs
+    pixels: np.ndarray  # (N, k, 2 + C) changed pixels: integer x (column), y (row), then values
+    generations: np.ndarray  # (N,) DE generations run (0: the initial population succeeded)
+    queries: np.ndarray  # (N,) candidate images evaluated by the model
+    seconds: float  # wall-clock time of the whole attack
     target: np.ndarray | None = None  # (N,) classes or (N, L) sets; None if untargeted
     multilabel: bool = False
     method: str = "differential evolution"
@@ -292,14 +345,27 @@ class PixelAttackResult:
 
     def describe(self) -> str:
         kind = "targeted" if self.targeted else "untargeted"
-        return (f"{self.n_pixels}-pixel {kind} attack ({self.method}): {int(self.success.sum())}/"
-                f"{len(self.success)} images fooled ({self.success_rate:.0%}), "
-                f"{self.queries.mean():.0f} model queries per image, {self.seconds:.1f} s")
+        return (
+            f"{self.n_pixels}-pixel {kind} attack ({self.method}): {int(self.success.sum())}/"
+            f"{len(self.success)} images fooled ({self.success_rate:.0%}), "
+            f"{self.queries.mean():.0f} model queries per image, {self.seconds:.1f} s"
+        )
 
 
-def pixel_attack(model, images, *, pixels: int = 1, target=None, population: int = 100,
-                 generations: int = 100, F: float = 0.5, early_stop: float | None = 0.01, seed: int = 0,
-                 batch_size: int | None = None, progress: bool = True) -> PixelAttackResult:
+def pixel_attack(
+    model,
+    images,
+    *,
+    pixels: int = 1,
+    target=None,
+    population: int = 100,
+    generations: int = 100,
+    F: float = 0.5,
+    early_stop: float | None = 0.01,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PixelAttackResult:
     """The k-pixel attack of paper 004 by differential evolution, on all ``images`` at once.
 
     Args:
@@ -324,19 +390,50 @@ def pixel_attack(model, images, *, pixels: int = 1, target=None, population: int
         progress: show a progress bar over the generations.
     """
     _check_pixels(pixels)
-    _check_count("population", population, 4, "differential evolution needs at least 4 candidates (every "
-                 "child combines three others; the paper uses 100).")
-    _check_count("generations", generations, 0, "give a number of generations >= 0 (the paper: 100).")
+    _check_count(
+        "population",
+        population,
+        4,
+        "differential evolution needs at least 4 candidates (every "
+        "child combines three others; the paper uses 100).",
+    )
+    _check_count(
+        "generations", generations, 0, "give a number of generations >= 0 (the paper: 100)."
+    )
     if not (isinstance(F, (int, float, np.floating)) and 0 < F <= 2):
         raise ValueError(f"F={F!r}: the mutation factor must be in (0, 2] (the paper: 0.5).")
-    if early_stop is not None and not (isinstance(early_stop, (int, float, np.floating)) and 0 <= early_stop <= 1):
-        raise ValueError(f"early_stop={early_stop!r}: give a fraction in [0, 1] of the population, or None.")
-    return _run(model, images, pixels, target, population, generations, F, early_stop, seed, batch_size,
-                progress, method="differential evolution")
+    if early_stop is not None and not (
+        isinstance(early_stop, (int, float, np.floating)) and 0 <= early_stop <= 1
+    ):
+        raise ValueError(
+            f"early_stop={early_stop!r}: give a fraction in [0, 1] of the population, or None."
+        )
+    return _run(
+        model,
+        images,
+        pixels,
+        target,
+        population,
+        generations,
+        F,
+        early_stop,
+        seed,
+        batch_size,
+        progress,
+        method="differential evolution",
+    )
 
 
-def random_pixels(model, images, *, pixels: int = 1, target=None, tries: int = 1, seed: int = 0,
-                  batch_size: int | None = None) -> PixelAttackResult:
+def random_pixels(
+    model,
+    images,
+    *,
+    pixels: int = 1,
+    target=None,
+    tries: int = 1,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> PixelAttackResult:
     """The random control: k random pixels set to random values in [0, 1], no search.
 
     ``tries`` random candidates per image (default 1); the fittest one is kept (a successful one
@@ -344,12 +441,36 @@ def random_pixels(model, images, *, pixels: int = 1, target=None, tries: int = 1
     """
     _check_pixels(pixels)
     _check_count("tries", tries, 1, "give at least 1 random candidate per image.")
-    return _run(model, images, pixels, target, tries, 0, 0.5, None, seed, batch_size, False,
-                method="random pixels")
+    return _run(
+        model,
+        images,
+        pixels,
+        target,
+        tries,
+        0,
+        0.5,
+        None,
+        seed,
+        batch_size,
+        False,
+        method="random pixels",
+    )
 
 
-def _run(model, images, pixels, target, population, generations, F, early_stop, seed, batch_size,
-         progress, method) -> PixelAttackResult:
+def _run(
+    model,
+    images,
+    pixels,
+    target,
+    population,
+    generations,
+    F,
+    early_stop,
+    seed,
+    batch_size,
+    progress,
+    method,
+) -> PixelAttackResult:
     start = time.perf_counter()
     multilabel = is_multilabel(model)
     images = check_images(images, model)
@@ -360,8 +481,21 @@ def _run(model, images, pixels, target, population, generations, F, early_stop, 
     clean = _predict(model, images, batch_size)
     original = (clean > GAMMA).astype(np.uint8) if multilabel else clean.argmax(axis=1)
     reference = original if target is None else target
-    best_pixels, gens = _evolve(model, images, pixels, reference, target is not None, multilabel, population,
-                                generations, F, early_stop, seed, batch_size, progress)
+    best_pixels, gens = _evolve(
+        model,
+        images,
+        pixels,
+        reference,
+        target is not None,
+        multilabel,
+        population,
+        generations,
+        F,
+        early_stop,
+        seed,
+        batch_size,
+        progress,
+    )
     adversarial = apply_pixels(images, best_pixels[:, None])[:, 0]
     final_proba = _predict(model, adversarial, batch_size)
     final = (final_proba > GAMMA).astype(np.uint8) if multilabel else final_proba.argmax(axis=1)
@@ -370,16 +504,39 @@ def _run(model, images, pixels, target, population, generations, F, early_stop, 
     applied[..., 0] = np.clip(np.floor(applied[..., 0]), 0, images.shape[2] - 1)
     applied[..., 1] = np.clip(np.floor(applied[..., 1]), 0, images.shape[1] - 1)
     return PixelAttackResult(
-        adversarial=adversarial, success=success, original=original, final=final,
+        adversarial=adversarial,
+        success=success,
+        original=original,
+        final=final,
         original_confidence=_confidence(clean, original, multilabel),
         final_confidence=_confidence(final_proba, final, multilabel),
-        original_proba=clean, final_proba=final_proba, pixels=applied, generations=gens,
-        queries=population * (1 + gens), seconds=time.perf_counter() - start, target=target,
-        multilabel=multilabel, method=method)
+        original_proba=clean,
+        final_proba=final_proba,
+        pixels=applied,
+        generations=gens,
+        queries=population * (1 + gens),
+        seconds=time.perf_counter() - start,
+        target=target,
+        multilabel=multilabel,
+        method=method,
+    )
 
 
-def _evolve(model, images, pixels, reference, targeted, multilabel, population, generations, F,
-            early_stop, seed, batch_size, progress):
+def _evolve(
+    model,
+    images,
+    pixels,
+    reference,
+    targeted,
+    multilabel,
+    population,
+    generations,
+    F,
+    early_stop,
+    seed,
+    batch_size,
+    progress,
+):
     """The DE loop; returns the chosen candidate per image (N, k, 2 + C) and generations run (N,)."""
     from tqdm.auto import tqdm
 
@@ -390,21 +547,31 @@ def _evolve(model, images, pixels, reference, targeted, multilabel, population, 
     scores, wins = _evaluate(model, images, pop, reference, targeted, multilabel, batch_size)
     done = _stopped(wins, early_stop)
     gens = np.zeros(n, dtype=np.int64)
-    rescued = np.zeros(n, dtype=bool)    # stopped by a successful child that lost its selection
-    rescued_pixels = pop[:, 0].copy()    # ... that child, (N, k, 2 + C)
-    with tqdm(total=generations, desc=f"{pixels}-pixel attack", disable=not progress, leave=False) as bar:
+    rescued = np.zeros(n, dtype=bool)  # stopped by a successful child that lost its selection
+    rescued_pixels = pop[:, 0].copy()  # ... that child, (N, k, 2 + C)
+    with tqdm(
+        total=generations, desc=f"{pixels}-pixel attack", disable=not progress, leave=False
+    ) as bar:
         for _ in range(generations):
             active = np.flatnonzero(~done)
             if active.size == 0:
                 break
             running = [streams[a] for a in active]
-            children = mutate(running, pop[active], F, draw_donors(running, active.size, population), lower, upper)
-            child_scores, child_wins = _evaluate(model, images[active], children, reference[active],
-                                                 targeted, multilabel, batch_size)
-            pop[active], scores[active], replaced = select(pop[active], scores[active], children, child_scores)
+            children = mutate(
+                running, pop[active], F, draw_donors(running, active.size, population), lower, upper
+            )
+            child_scores, child_wins = _evaluate(
+                model, images[active], children, reference[active], targeted, multilabel, batch_size
+            )
+            pop[active], scores[active], replaced = select(
+                pop[active], scores[active], children, child_scores
+            )
             wins[active] = np.where(replaced, child_wins, wins[active])
             gens[active] += 1
-            by_population, by_children = _stopped(wins[active], early_stop), _stopped(child_wins, early_stop)
+            by_population, by_children = (
+                _stopped(wins[active], early_stop),
+                _stopped(child_wins, early_stop),
+            )
             lost = np.flatnonzero(by_children & ~by_population)
             fittest = np.where(child_wins[lost], child_scores[lost], -np.inf).argmax(axis=1)
             rescued[active[lost]] = True
@@ -413,7 +580,9 @@ def _evolve(model, images, pixels, reference, targeted, multilabel, population, 
             bar.update(1)
             bar.set_postfix(running=int((~done).sum()), fooled=int(done.sum()))
     # the fittest successful candidate, else the fittest one
-    best = np.where(wins.any(axis=1), np.where(wins, scores, -np.inf).argmax(axis=1), scores.argmax(axis=1))
+    best = np.where(
+        wins.any(axis=1), np.where(wins, scores, -np.inf).argmax(axis=1), scores.argmax(axis=1)
+    )
     chosen = np.where(rescued[:, None, None], rescued_pixels, pop[np.arange(n), best])
     return chosen, gens
 
@@ -429,12 +598,14 @@ def _evaluate(model, images, population, reference, targeted, multilabel, batch_
     outputs = []
     for start in range(0, n * size, batch_size):
         part = slice(start, start + batch_size)
-        batch = images[owner[part]]                 # (M, H, W, C), a copy
+        batch = images[owner[part]]  # (M, H, W, C), a copy
         _paint(batch, flat[part])
         outputs.append(_forward(model)(batch))
     outputs = np.concatenate(outputs).reshape(n, size, -1)
-    return (fitness(outputs, reference, targeted=targeted, multilabel=multilabel),
-            is_success(outputs, reference, targeted=targeted, multilabel=multilabel))
+    return (
+        fitness(outputs, reference, targeted=targeted, multilabel=multilabel),
+        is_success(outputs, reference, targeted=targeted, multilabel=multilabel),
+    )
 
 
 def _stopped(wins, early_stop) -> np.ndarray:
@@ -459,7 +630,9 @@ def _forward(model):
 
 
 def _predict(model, images, batch_size) -> np.ndarray:
-    return np.concatenate([_forward(model)(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [_forward(model)(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )
 
 
 def default_batch_size(shape) -> int:
@@ -473,8 +646,12 @@ def default_batch_size(shape) -> int:
 def _batch_size(batch_size, shape) -> int:
     if batch_size is None:
         return default_batch_size(shape)
-    _check_count("batch_size", batch_size, 1, "give a positive number of images per model call, or None "
-                 "(chosen from the image size).")
+    _check_count(
+        "batch_size",
+        batch_size,
+        1,
+        "give a positive number of images per model call, or None (chosen from the image size).",
+    )
     return int(batch_size)
 
 
@@ -490,9 +667,15 @@ def _check_count(name: str, value, minimum: int, why: str) -> None:
 
 
 def _check_pixels(pixels) -> None:
-    if isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or not 1 <= pixels <= MAX_PIXELS:
-        raise ValueError(f"pixels={pixels!r}: the attack changes 1, 2 or {MAX_PIXELS} pixels "
-                         f"(at most {MAX_PIXELS}, as in the paper).")
+    if (
+        isinstance(pixels, bool)
+        or not isinstance(pixels, (int, np.integer))
+        or not 1 <= pixels <= MAX_PIXELS
+    ):
+        raise ValueError(
+            f"pixels={pixels!r}: the attack changes 1, 2 or {MAX_PIXELS} pixels "
+            f"(at most {MAX_PIXELS}, as in the paper)."
+        )
 
 
 def _check_target(target, multilabel: bool, n: int, n_outputs: int):
@@ -505,10 +688,14 @@ def _check_target(target, multilabel: bool, n: int, n_outputs: int):
     if multilabel:
         return _check_target_set(values, n, n_outputs)
     if values.dtype == bool or values.ndim == 2:
-        raise ValueError(f"target has shape {values.shape}: a multi-label target set, but the model is "
-                         f"single-label (softmax); give a class index or (N,) = ({n},) class indices.")
+        raise ValueError(
+            f"target has shape {values.shape}: a multi-label target set, but the model is "
+            f"single-label (softmax); give a class index or (N,) = ({n},) class indices."
+        )
     if values.ndim > 1 or (values.ndim == 1 and len(values) != n):
-        raise ValueError(f"target has shape {values.shape}; give a class index or one per image, ({n},).")
+        raise ValueError(
+            f"target has shape {values.shape}; give a class index or one per image, ({n},)."
+        )
     if not np.all(np.mod(values, 1) == 0) or values.min() < 0 or values.max() >= n_outputs:
         raise ValueError(f"target={target!r}: class indices must be integers in [0, {n_outputs}).")
     return np.broadcast_to(values.astype(np.int64), (n,)).copy()
@@ -516,11 +703,15 @@ def _check_target(target, multilabel: bool, n: int, n_outputs: int):
 
 def _check_target_set(values, n: int, n_findings: int) -> np.ndarray:
     if values.ndim == 0:
-        raise ValueError(f"target={values.item()!r} is a class index, but the model is multi-label (sigmoid); "
-                         f"give a 0/1 label set of shape ({n_findings},) or ({n}, {n_findings}).")
+        raise ValueError(
+            f"target={values.item()!r} is a class index, but the model is multi-label (sigmoid); "
+            f"give a 0/1 label set of shape ({n_findings},) or ({n}, {n_findings})."
+        )
     if values.shape not in ((n_findings,), (n, n_findings)):
-        raise ValueError(f"target has shape {values.shape}; the multi-label model needs a 0/1 label set of "
-                         f"shape ({n_findings},) or ({n}, {n_findings}).")
+        raise ValueError(
+            f"target has shape {values.shape}; the multi-label model needs a 0/1 label set of "
+            f"shape ({n_findings},) or ({n}, {n_findings})."
+        )
     if not np.all((values == 0) | (values == 1)):
         raise ValueError("target: a multi-label target set holds only 0 and 1 (absent / present).")
     return np.broadcast_to(values.astype(np.uint8), (n, n_findings)).copy()
@@ -528,11 +719,14 @@ def _check_target_set(values, n: int, n_findings: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the paper's tables
 
+
 def label_set_names(sets, names: Sequence[str]) -> list[str]:
     """Names of 0/1 label sets (N, L): the present findings joined by ", ", or "Normal" if none."""
     sets = np.asarray(sets).astype(bool)
     if sets.ndim != 2 or sets.shape[1] != len(names):
-        raise ValueError(f"sets has shape {sets.shape}; expected (N, {len(names)}) for {len(names)} names.")
+        raise ValueError(
+            f"sets has shape {sets.shape}; expected (N, {len(names)}) for {len(names)} names."
+        )
     return [", ".join(np.asarray(names)[row]) if row.any() else NORMAL for row in sets]
 
 
@@ -541,8 +735,10 @@ def _names_of(labels, names: Sequence[str]) -> list[str]:
     if labels.ndim == 2:
         return label_set_names(labels, names)
     if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= len(names))):
-        raise ValueError(f"labels must be (N,) classes in [0, {len(names)}) or (N, L) label sets; "
-                         f"got shape {labels.shape}.")
+        raise ValueError(
+            f"labels must be (N,) classes in [0, {len(names)}) or (N, L) label sets; "
+            f"got shape {labels.shape}."
+        )
     return [names[c] for c in labels]
 
 
@@ -562,10 +758,17 @@ def success_rate_table(original, success, names: Sequence[str]) -> pd.DataFrame:
     """
     groups = pd.Series(_names_of(original, names), name="original")
     success = _check_success(success, len(groups))
-    table = pd.DataFrame({"images": groups.value_counts(sort=False),
-                          "successes": pd.Series(success).groupby(groups).sum()})
-    order = [n for n in names if n in table.index] if np.ndim(original) == 1 else \
-        table.sort_values("images", ascending=False, kind="stable").index
+    table = pd.DataFrame(
+        {
+            "images": groups.value_counts(sort=False),
+            "successes": pd.Series(success).groupby(groups).sum(),
+        }
+    )
+    order = (
+        [n for n in names if n in table.index]
+        if np.ndim(original) == 1
+        else table.sort_values("images", ascending=False, kind="stable").index
+    )
     table = table.loc[order].astype(int)
     table["success rate"] = table["successes"] / table["images"]
     table.index.name = "original"
@@ -580,13 +783,17 @@ def transformation_table(original, final, success, names: Sequence[str]) -> pd.D
     """
     original, final = np.asarray(original), np.asarray(final)
     if original.ndim != 1 or final.shape != original.shape:
-        raise ValueError(f"original {original.shape} and final {final.shape} must be (N,) classes "
-                         f"(for label sets use label_set_table).")
+        raise ValueError(
+            f"original {original.shape} and final {final.shape} must be (N,) classes "
+            f"(for label sets use label_set_table)."
+        )
     _names_of(original, names), _names_of(final, names)
     success = _check_success(success, len(original)) & (original != final)
     counts = np.zeros((len(names), len(names)), dtype=np.int64)
     np.add.at(counts, (original[success], final[success]), 1)
-    return pd.DataFrame(counts, index=pd.Index(names, name="original"), columns=pd.Index(names, name="resulting"))
+    return pd.DataFrame(
+        counts, index=pd.Index(names, name="original"), columns=pd.Index(names, name="resulting")
+    )
 
 
 def transform_ratio(table) -> pd.Series:
@@ -597,9 +804,11 @@ def transform_ratio(table) -> pd.Series:
     The diagonal is ignored (ori = adv counts as a failure).
     """
     frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(np.asarray(table))
-    counts = np.array(frame.to_numpy(dtype=np.float64))   # a writable copy
+    counts = np.array(frame.to_numpy(dtype=np.float64))  # a writable copy
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or np.any(counts < 0):
-        raise ValueError(f"table has shape {counts.shape}; expected a square K x K table of counts >= 0.")
+        raise ValueError(
+            f"table has shape {counts.shape}; expected a square K x K table of counts >= 0."
+        )
     np.fill_diagonal(counts, 0.0)
     row_sums = counts.sum(axis=1, keepdims=True)
     ratios = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
@@ -618,19 +827,27 @@ def conversion_table(original, final, success, normal_classes: Sequence[int] = (
     """
     original, final = np.asarray(original), np.asarray(final)
     if original.shape != final.shape or original.ndim not in (1, 2):
-        raise ValueError(f"original {original.shape} and final {final.shape} must both be (N,) classes "
-                         f"or (N, L) label sets.")
+        raise ValueError(
+            f"original {original.shape} and final {final.shape} must both be (N,) classes "
+            f"or (N, L) label sets."
+        )
     success = _check_success(success, len(original))
     if original.ndim == 2:
         normal_before, normal_after = ~original.any(axis=1), ~final.any(axis=1)
     else:
-        normal_before, normal_after = np.isin(original, normal_classes), np.isin(final, normal_classes)
-    counts = [int(np.sum(success & ~normal_before & normal_after)),
-              int(np.sum(success & normal_before & ~normal_after))]
+        normal_before, normal_after = (
+            np.isin(original, normal_classes),
+            np.isin(final, normal_classes),
+        )
+    counts = [
+        int(np.sum(success & ~normal_before & normal_after)),
+        int(np.sum(success & normal_before & ~normal_after)),
+    ]
     total = sum(counts)
-    return pd.DataFrame({"Count": counts,
-                         "Percentage": [100.0 * c / total if total else np.nan for c in counts]},
-                        index=pd.Index(["Disease to Normal", "Normal to Disease"], name="Class conversion"))
+    return pd.DataFrame(
+        {"Count": counts, "Percentage": [100.0 * c / total if total else np.nan for c in counts]},
+        index=pd.Index(["Disease to Normal", "Normal to Disease"], name="Class conversion"),
+    )
 
 
 def avg_cl(confidence, success) -> float:
@@ -653,10 +870,13 @@ def label_set_table(original, final, success, names: Sequence[str]) -> pd.DataFr
     """
     original, final = np.asarray(original), np.asarray(final)
     if original.ndim != 2 or final.shape != original.shape:
-        raise ValueError(f"original {original.shape} and final {final.shape} must be (N, L) label sets.")
+        raise ValueError(
+            f"original {original.shape} and final {final.shape} must be (N, L) label sets."
+        )
     success = _check_success(success, len(original))
-    frame = pd.DataFrame({"resulting": label_set_names(final, names),
-                          "original": label_set_names(original, names)})[success]
+    frame = pd.DataFrame(
+        {"resulting": label_set_names(final, names), "original": label_set_names(original, names)}
+    )[success]
     table = pd.crosstab(frame["resulting"], frame["original"])
     columns = sorted(set(label_set_names(original, names)))
     return table.reindex(columns=columns, fill_value=0).sort_index()
@@ -668,7 +888,9 @@ def finding_counts(final, success, names: Sequence[str]) -> pd.Series:
     if final.ndim != 2 or final.shape[1] != len(names):
         raise ValueError(f"final has shape {final.shape}; expected (N, {len(names)}) label sets.")
     success = _check_success(success, len(final))
-    return pd.Series(final[success].sum(axis=0), index=pd.Index(names, name="finding"), name="images")
+    return pd.Series(
+        final[success].sum(axis=0), index=pd.Index(names, name="finding"), name="images"
+    )
 
 
 def findings_per_image(final, success) -> pd.Series:
@@ -678,10 +900,14 @@ def findings_per_image(final, success) -> pd.Series:
         raise ValueError(f"final has shape {final.shape}; expected (N, L) label sets.")
     success = _check_success(success, len(final))
     counts = np.bincount(final[success].sum(axis=1), minlength=final.shape[1] + 1)
-    return pd.Series(counts, index=pd.Index(range(final.shape[1] + 1), name="findings"), name="images")
+    return pd.Series(
+        counts, index=pd.Index(range(final.shape[1] + 1), name="findings"), name="images"
+    )
 
 
-def report(result: PixelAttackResult, info, names: Sequence[str] | None = None) -> dict[str, object]:
+def report(
+    result: PixelAttackResult, info, names: Sequence[str] | None = None
+) -> dict[str, object]:
     """The paper's tables for one attack on a :class:`~helpers.data.DatasetInfo` dataset.
 
     Keys: "success rate", "conversion", "AvgCL" (multi-label: mean cosine similarity, see
@@ -691,10 +917,14 @@ def report(result: PixelAttackResult, info, names: Sequence[str] | None = None) 
     """
     names = list(names or info.short_names)
     if result.multilabel != info.multilabel:
-        raise ValueError(f"report: the result is {'multi' if result.multilabel else 'single'}-label but "
-                         f"the dataset {info.key!r} is {info.task}.")
+        raise ValueError(
+            f"report: the result is {'multi' if result.multilabel else 'single'}-label but "
+            f"the dataset {info.key!r} is {info.task}."
+        )
     args = (result.original, result.final, result.success)
-    tables: dict[str, object] = {"success rate": success_rate_table(result.original, result.success, names)}
+    tables: dict[str, object] = {
+        "success rate": success_rate_table(result.original, result.success, names)
+    }
     if result.multilabel:
         tables["label sets"] = label_set_table(*args, names)
         tables["findings"] = finding_counts(result.final, result.success, names)
@@ -709,11 +939,14 @@ def report(result: PixelAttackResult, info, names: Sequence[str] | None = None) 
 
 # --------------------------------------------------------------------------- which images to attack
 
+
 def _check_per(name: str, value) -> None:
     _check_count(name, value, 1, "give at least 1 image per group (the paper: 100).")
 
 
-def images_per_class(model, dataset, per_class: int, classes=None, seed: int = 0) -> dict[int, np.ndarray]:
+def images_per_class(
+    model, dataset, per_class: int, classes=None, seed: int = 0
+) -> dict[int, np.ndarray]:
     """Indices into ``dataset`` of up to ``per_class`` correctly classified images of each class.
 
     ``dataset``: a single-label :class:`~helpers.data.MedDataset` (its ``images`` and ``labels``);
@@ -723,16 +956,24 @@ def images_per_class(model, dataset, per_class: int, classes=None, seed: int = 0
     from .models import predict_labels
 
     if dataset.info.multilabel:
-        raise ValueError(f"images_per_class: {dataset.info.key!r} is multi-label; use images_per_label_set.")
+        raise ValueError(
+            f"images_per_class: {dataset.info.key!r} is multi-label; use images_per_label_set."
+        )
     if is_multilabel(model):
-        raise ValueError(f"images_per_class: the model is multi-label (sigmoid outputs) but {dataset.info.key!r} "
-                         f"is single-label; pass the softmax model trained on {dataset.info.key!r}.")
+        raise ValueError(
+            f"images_per_class: the model is multi-label (sigmoid outputs) but {dataset.info.key!r} "
+            f"is single-label; pass the softmax model trained on {dataset.info.key!r}."
+        )
     _check_per("per_class", per_class)
     classes = range(dataset.info.n_classes) if classes is None else classes
     correct = predict_labels(model, dataset) == dataset.labels
     rng = np.random.default_rng(seed)
-    return {int(c): np.sort(rng.permutation(np.flatnonzero(correct & (dataset.labels == c)))[:per_class])
-            for c in classes}
+    return {
+        int(c): np.sort(
+            rng.permutation(np.flatnonzero(correct & (dataset.labels == c)))[:per_class]
+        )
+        for c in classes
+    }
 
 
 def frequent_label_sets(labels, count: int = 5) -> np.ndarray:
@@ -746,12 +987,19 @@ def frequent_label_sets(labels, count: int = 5) -> np.ndarray:
         raise ValueError(f"labels has shape {labels.shape}; expected (N, L) 0/1 label sets.")
     _check_count("count", count, 1, "ask for at least 1 label set.")
     sets, frequency = np.unique(labels.astype(np.uint8), axis=0, return_counts=True)
-    order = np.lexsort((np.arange(len(sets)), -frequency))    # by frequency, ties in a fixed order
+    order = np.lexsort((np.arange(len(sets)), -frequency))  # by frequency, ties in a fixed order
     return sets[order[:count]]
 
 
-def images_per_label_set(model, dataset, sets, per_set: int, seed: int = 0, correct_only: bool = True,
-                         batch_size: int | None = None) -> dict[str, np.ndarray]:
+def images_per_label_set(
+    model,
+    dataset,
+    sets,
+    per_set: int,
+    seed: int = 0,
+    correct_only: bool = True,
+    batch_size: int | None = None,
+) -> dict[str, np.ndarray]:
     """Indices of up to ``per_set`` images whose true label set equals each of ``sets``.
 
     ``sets``: (S, L) 0/1 label sets; keys of the result are their names ("Normal", "INFI", ...).
@@ -760,14 +1008,20 @@ def images_per_label_set(model, dataset, sets, per_set: int, seed: int = 0, corr
     the model predicts for the image. ``batch_size``: images per model call (None: from the image size).
     """
     if not dataset.info.multilabel:
-        raise ValueError(f"images_per_label_set: {dataset.info.key!r} is single-label; use images_per_class.")
+        raise ValueError(
+            f"images_per_label_set: {dataset.info.key!r} is single-label; use images_per_class."
+        )
     if not is_multilabel(model):
-        raise ValueError(f"images_per_label_set: the model is single-label (softmax) but {dataset.info.key!r} is "
-                         f"multi-label; pass a model with one sigmoid output per finding.")
+        raise ValueError(
+            f"images_per_label_set: the model is single-label (softmax) but {dataset.info.key!r} is "
+            f"multi-label; pass a model with one sigmoid output per finding."
+        )
     _check_per("per_set", per_set)
     sets = np.asarray(sets)
     if sets.ndim != 2 or sets.shape[1] != dataset.info.n_classes:
-        raise ValueError(f"sets has shape {sets.shape}; expected (S, {dataset.info.n_classes}) label sets.")
+        raise ValueError(
+            f"sets has shape {sets.shape}; expected (S, {dataset.info.n_classes}) label sets."
+        )
     batches = dataset.batches(_batch_size(batch_size, dataset.shape))
     proba = np.concatenate([_forward(model)(check_images(batch, model)) for batch in batches])
     predicted = (proba > GAMMA).astype(np.uint8)
@@ -782,7 +1036,9 @@ def images_per_label_set(model, dataset, sets, per_set: int, seed: int = 0, corr
     return out
 
 
-def prediction_text(result: PixelAttackResult, i: int, names: Sequence[str], adversarial: bool) -> str:
+def prediction_text(
+    result: PixelAttackResult, i: int, names: Sequence[str], adversarial: bool
+) -> str:
     """The clean (or adversarial) prediction of image ``i`` with its confidence, for figure titles.
 
     Single-label: "NORMAL (97.1%)"; multi-label: the present findings with their outputs,
@@ -798,17 +1054,38 @@ def prediction_text(result: PixelAttackResult, i: int, names: Sequence[str], adv
 
 # --------------------------------------------------------------------------- cache
 
-_ARRAYS = ("adversarial", "success", "original", "final", "original_confidence", "final_confidence",
-           "original_proba", "final_proba", "pixels", "generations", "queries")
+_ARRAYS = (
+    "adversarial",
+    "success",
+    "original",
+    "final",
+    "original_confidence",
+    "final_confidence",
+    "original_proba",
+    "final_proba",
+    "pixels",
+    "generations",
+    "queries",
+)
 
 
 #: Part of every cache key; changes whenever the search itself changes, so older results are not reused.
 SEARCH_VERSION = "de3"
 
 
-def attack_key(model_key: str, images, *, pixels: int, target=None, population: int = 100,
-               generations: int = 100, F: float = 0.5, early_stop: float | None = 0.01, seed: int = 0,
-               weights: str = "") -> str:
+def attack_key(
+    model_key: str,
+    images,
+    *,
+    pixels: int,
+    target=None,
+    population: int = 100,
+    generations: int = 100,
+    F: float = 0.5,
+    early_stop: float | None = 0.01,
+    seed: int = 0,
+    weights: str = "",
+) -> str:
     """Cache key of a pixel attack: the model's key, the settings, a digest of the images, targets and weights.
 
     ``weights``: :func:`~helpers.models.weights_digest` of the model, so that a model trained again
@@ -822,8 +1099,10 @@ def attack_key(model_key: str, images, *, pixels: int, target=None, population: 
     digest.update(weights.encode())
     kind = "untargeted" if target is None else "targeted"
     stop = "none" if early_stop is None else f"{early_stop:g}"
-    return (f"{model_key}--pixel{pixels}-{kind}-pop{population}-gen{generations}-F{F:g}-stop{stop}"
-            f"-seed{seed}-{SEARCH_VERSION}-{len(images)}img-{digest.hexdigest()[:12]}")
+    return (
+        f"{model_key}--pixel{pixels}-{kind}-pop{population}-gen{generations}-F{F:g}-stop{stop}"
+        f"-seed{seed}-{SEARCH_VERSION}-{len(images)}img-{digest.hexdigest()[:12]}"
+    )
 
 
 def save_result(result: PixelAttackResult, path) -> bool:
@@ -831,21 +1110,43 @@ def save_result(result: PixelAttackResult, path) -> bool:
     from .config import save_npz_once
 
     extra = {} if result.target is None else {"target": result.target}
-    return save_npz_once(path, **{name: getattr(result, name) for name in _ARRAYS}, **extra,
-                         seconds=result.seconds, multilabel=result.multilabel, method=result.method)
+    return save_npz_once(
+        path,
+        **{name: getattr(result, name) for name in _ARRAYS},
+        **extra,
+        seconds=result.seconds,
+        multilabel=result.multilabel,
+        method=result.method,
+    )
 
 
 def load_result(path) -> PixelAttackResult:
     """Read a result written by :func:`save_result`."""
     with np.load(path) as f:
-        return PixelAttackResult(**{name: f[name] for name in _ARRAYS}, seconds=float(f["seconds"]),
-                                 target=f["target"] if "target" in f.files else None,
-                                 multilabel=bool(f["multilabel"]), method=str(f["method"]))
+        return PixelAttackResult(
+            **{name: f[name] for name in _ARRAYS},
+            seconds=float(f["seconds"]),
+            target=f["target"] if "target" in f.files else None,
+            multilabel=bool(f["multilabel"]),
+            method=str(f["method"]),
+        )
 
 
-def cached_attack(model, model_key: str, images, *, pixels: int = 1, target=None, population: int = 100,
-                  generations: int = 100, F: float = 0.5, early_stop: float | None = 0.01, seed: int = 0,
-                  cache=None, **kwargs) -> PixelAttackResult:
+def cached_attack(
+    model,
+    model_key: str,
+    images,
+    *,
+    pixels: int = 1,
+    target=None,
+    population: int = 100,
+    generations: int = 100,
+    F: float = 0.5,
+    early_stop: float | None = 0.01,
+    seed: int = 0,
+    cache=None,
+    **kwargs,
+) -> PixelAttackResult:
     """:func:`pixel_attack`, saved in the course cache (``pixel_attacks``) and reloaded by later runs.
 
     ``model_key`` names the trained model (``TrainedModel.key``); the key also covers the images,
@@ -855,13 +1156,22 @@ def cached_attack(model, model_key: str, images, *, pixels: int = 1, target=None
 
     from .config import cache_dir
 
-    settings = dict(pixels=pixels, target=target, population=population, generations=generations, F=F,
-                    early_stop=early_stop, seed=seed)
+    settings = dict(
+        pixels=pixels,
+        target=target,
+        population=population,
+        generations=generations,
+        F=F,
+        early_stop=early_stop,
+        seed=seed,
+    )
     key = attack_key(model_key, images, **settings, weights=weights_digest(model))
     path = Path(cache or cache_dir("pixel_attacks")) / f"{key}.npz"
     if path.exists():
         return load_result(path)
     result = pixel_attack(model, images, **settings, **kwargs)
-    if not save_result(result, path):   # another process saved the same attack meanwhile: use its file
+    if not save_result(
+        result, path
+    ):  # another process saved the same attack meanwhile: use its file
         return load_result(path)
     return result

@@ -23,6 +23,7 @@ The regression tests compare such a file with ``tests/references/<chapter>.<scal
 
 A key may also map to a list of such checks, e.g. one for real and one for synthetic data.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,10 +75,12 @@ def peak_memory_mib() -> float | None:
     """Peak resident memory of this process so far (MiB), or None where the system does not say."""
     try:
         import resource
-    except ImportError:                       # Windows
+    except ImportError:  # Windows
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)   # macOS: bytes; Linux: KiB
+    return round(
+        peak / (2**20 if sys.platform == "darwin" else 2**10), 1
+    )  # macOS: bytes; Linux: KiB
 
 
 class Recorder:
@@ -103,8 +106,12 @@ class Recorder:
         except NameError:
             return
         callbacks = shell.events.callbacks["post_run_cell"]
-        for callback in [c for c in callbacks if isinstance(getattr(c, "__self__", None), Recorder)]:
-            shell.events.unregister("post_run_cell", callback)   # a chapter re-run: one recorder at a time
+        for callback in [
+            c for c in callbacks if isinstance(getattr(c, "__self__", None), Recorder)
+        ]:
+            shell.events.unregister(
+                "post_run_cell", callback
+            )  # a chapter re-run: one recorder at a time
         shell.events.register("post_run_cell", self._after_cell)
 
     def _after_cell(self, result=None) -> None:
@@ -125,8 +132,13 @@ class Recorder:
 
     def as_dict(self) -> dict:
         """The content of the results file."""
-        return {"chapter": self.chapter, "scale": self.scale, "values": dict(self.values),
-                "passes": costs.snapshot(), "peak_memory_mib": peak_memory_mib()}
+        return {
+            "chapter": self.chapter,
+            "scale": self.scale,
+            "values": dict(self.values),
+            "passes": costs.snapshot(),
+            "peak_memory_mib": peak_memory_mib(),
+        }
 
     def _write(self) -> None:
         """Atomically rewrite the results file."""
@@ -138,7 +150,9 @@ class Recorder:
         os.replace(tmp, self._path)
 
     def __repr__(self) -> str:
-        return f"Recorder({self.chapter!r}, {self.scale!r}: {len(self.values)} values -> {self._path})"
+        return (
+            f"Recorder({self.chapter!r}, {self.scale!r}: {len(self.values)} values -> {self._path})"
+        )
 
 
 def load_results(path: str | Path) -> dict:

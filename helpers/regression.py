@@ -24,6 +24,7 @@ Commands (``make regress`` runs the first)::
     python -m helpers.regression derive --seeds 0 1 2 3 4 [--no-local-data]
     python -m helpers.regression references [--scale smoke]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,15 +45,16 @@ from .config import ENV_CACHE_DIR, ENV_MEDMNIST_DIR, ENV_NATURAL_DIR
 from .pipeline import ChapterFailed, _environ, _select, run, toc_chapters
 from .records import REFERENCES_DIR, _applies, _check_one, _is_number, load_reference, load_results
 
-SIGMAS = 3                # a check covers mean +- SIGMAS standard deviations of the seeds
-MIN_SEEDS = 5             # a spread needs at least this many seeds
-MIN_IMAGES = 10           # no check on a rate over fewer images
-MAX_TOLERANCE = 0.25      # a value check wider than +- this says nothing: not checked at that scale
+SIGMAS = 3  # a check covers mean +- SIGMAS standard deviations of the seeds
+MIN_SEEDS = 5  # a spread needs at least this many seeds
+MIN_IMAGES = 10  # no check on a rate over fewer images
+MAX_TOLERANCE = 0.25  # a value check wider than +- this says nothing: not checked at that scale
 LOCAL_DATA = (ENV_MEDMNIST_DIR, ENV_NATURAL_DIR)
 VERSIONED = ("tensorflow", "keras", "numpy", "adversarial-robustness-toolbox", "papermill")
 
 
 # ----------------------------------------------------------------------------- the report
+
 
 @dataclass
 class Row:
@@ -60,9 +62,9 @@ class Row:
 
     chapter: str
     key: str
-    check: str      # e.g. "0.870 ± 0.050", ">= 0.080", "= 800"
-    value: str      # this run's value, or "-" when the check does not apply
-    status: str     # "ok", "FAIL" or "n/a"
+    check: str  # e.g. "0.870 ± 0.050", ">= 0.080", "= 800"
+    value: str  # this run's value, or "-" when the check does not apply
+    status: str  # "ok", "FAIL" or "n/a"
     detail: str = ""
     claim: str = ""  # what a bound on a difference stands for
 
@@ -95,27 +97,49 @@ def report_rows(results: dict, reference: dict) -> list[Row]:
     rows = []
     for key, spec in _specs(reference):
         failure = _check_one(key, spec, values)
-        check = describe_check(spec) if isinstance(spec, dict) and spec.keys() & {"value", "min", "max", "equals"} \
+        check = (
+            describe_check(spec)
+            if isinstance(spec, dict) and spec.keys() & {"value", "min", "max", "equals"}
             else "(invalid)"
-        applies = isinstance(spec, dict) and all(k in values for k in spec.get("when", {})) \
+        )
+        applies = (
+            isinstance(spec, dict)
+            and all(k in values for k in spec.get("when", {}))
             and _applies(spec, values)
+        )
         if failure is None and not applies:
             when = ", ".join(f"{k} = {v}" for k, v in spec.get("when", {}).items())
-            rows.append(Row(chapter, key, check, "-", "n/a", f"only when {when}", spec.get("claim", "")))
+            rows.append(
+                Row(chapter, key, check, "-", "n/a", f"only when {when}", spec.get("claim", ""))
+            )
             continue
         shown = _shown(values[key]) if key in values else "missing"
-        rows.append(Row(chapter, key, check, shown, "ok" if failure is None else "FAIL", failure or "",
-                        spec.get("claim", "")))
+        rows.append(
+            Row(
+                chapter,
+                key,
+                check,
+                shown,
+                "ok" if failure is None else "FAIL",
+                failure or "",
+                spec.get("claim", ""),
+            )
+        )
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
     """The report as a plain-text table, one check per line, then a count."""
     header = Row("chapter", "number", "reference", "this run", "")
-    widths = [max(len(getattr(r, f)) for r in [header, *rows]) for f in ("chapter", "key", "check", "value")]
+    widths = [
+        max(len(getattr(r, f)) for r in [header, *rows])
+        for f in ("chapter", "key", "check", "value")
+    ]
     lines = []
     for row in [header, *rows]:
-        cells = [getattr(row, f).ljust(w) for f, w in zip(("chapter", "key", "check", "value"), widths)]
+        cells = [
+            getattr(row, f).ljust(w) for f, w in zip(("chapter", "key", "check", "value"), widths)
+        ]
         claim = f"  ({row.claim})" if row.claim else ""
         lines.append(("  ".join([*cells, row.status.ljust(4)]) + claim).rstrip())
         if row.status == "FAIL":
@@ -140,8 +164,15 @@ def check_results(results_dir: str | Path, chapters: Iterable[str], scale: str) 
 
 # ----------------------------------------------------------------------------- running chapters
 
-def run_chapters(scale: str, chapters: Iterable[str] | None, work: Path, *, seed: int | None = None,
-                 cache: Path | None = None) -> dict[str, Path | None]:
+
+def run_chapters(
+    scale: str,
+    chapters: Iterable[str] | None,
+    work: Path,
+    *,
+    seed: int | None = None,
+    cache: Path | None = None,
+) -> dict[str, Path | None]:
     """Execute the chapters into ``work`` (a fresh cache ``work/cache`` unless ``cache``); their results files."""
     parameters = None if seed is None else {"SEED": int(seed)}
     with _environ(**{ENV_CACHE_DIR: str(cache or work / "cache")}):
@@ -151,6 +182,7 @@ def run_chapters(scale: str, chapters: Iterable[str] | None, work: Path, *, seed
 
 # ----------------------------------------------------------------------------- the spread
 
+
 def spread_path(scale: str, folder: str | Path | None = None) -> Path:
     return Path(folder or REFERENCES_DIR) / f"spread.{scale}.json"
 
@@ -158,14 +190,21 @@ def spread_path(scale: str, folder: str | Path | None = None) -> Path:
 def load_spread(scale: str, folder: str | Path | None = None) -> dict:
     """The spread file of ``scale`` (empty if there is none yet)."""
     path = spread_path(scale, folder)
-    return json.loads(path.read_text()) if path.is_file() else {"scale": scale, "configurations": {}}
+    return (
+        json.loads(path.read_text()) if path.is_file() else {"scale": scale, "configurations": {}}
+    )
 
 
 def summary(values: list) -> dict:
     """mean, sd (n - 1), min, max and n of numbers; the distinct values of anything else."""
     if values and all(_is_number(v) for v in values):
-        return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "min": min(values), "max": max(values), "n": len(values)}
+        return {
+            "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+            "n": len(values),
+        }
     return {"distinct": sorted({json.dumps(v) for v in values}), "n": len(values)}
 
 
@@ -179,10 +218,19 @@ def environment_description() -> dict:
             versions[name] = version(name)
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return {"date": datetime.date.today().isoformat(), "machine": f"{platform.system()} {platform.machine()}, "
-            f"{cpu}, {os.cpu_count()} cores", "versions": versions}
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores",
+        "versions": versions,
+    }
 
 
 def configuration_name() -> str:
@@ -190,8 +238,15 @@ def configuration_name() -> str:
     return "local-data" if any(os.environ.get(v) for v in LOCAL_DATA) else "no-local-data"
 
 
-def derive(scale: str, seeds: list[int], *, chapters: Iterable[str] | None = None, no_local_data: bool = False,
-           folder: str | Path | None = None, work: Path | None = None) -> dict:
+def derive(
+    scale: str,
+    seeds: list[int],
+    *,
+    chapters: Iterable[str] | None = None,
+    no_local_data: bool = False,
+    folder: str | Path | None = None,
+    work: Path | None = None,
+) -> dict:
     """Run the chapters once per seed and write their spread into ``spread.<scale>.json``.
 
     With ``no_local_data`` the local data folders are unset for the run (every dataset synthetic,
@@ -208,18 +263,27 @@ def derive(scale: str, seeds: list[int], *, chapters: Iterable[str] | None = Non
     with _environ(**unset):
         name = configuration_name()
         earlier = spread["configurations"].get(name, {})
-        kept = {chapter: runs for chapter, runs in earlier.get("runs", {}).items()
-                if chapter not in names and earlier.get("seeds") == [int(seed) for seed in seeds]}
-        entry = {**environment_description(), "seeds": [], "local_data": {v: bool(os.environ.get(v)) for v in LOCAL_DATA},
-                 "runs": {chapter: [] for chapter in names}}
+        kept = {
+            chapter: runs
+            for chapter, runs in earlier.get("runs", {}).items()
+            if chapter not in names and earlier.get("seeds") == [int(seed) for seed in seeds]
+        }
+        entry = {
+            **environment_description(),
+            "seeds": [],
+            "local_data": {v: bool(os.environ.get(v)) for v in LOCAL_DATA},
+            "runs": {chapter: [] for chapter in names},
+        }
         for seed in seeds:
-            results = run_chapters(scale, names, work / f"seed{seed}", seed=seed, cache=work / "cache")
+            results = run_chapters(
+                scale, names, work / f"seed{seed}", seed=seed, cache=work / "cache"
+            )
             for chapter in names:
                 path = results.get(chapter)
                 entry["runs"][chapter].append(load_results(path)["values"] if path else {})
             entry["seeds"].append(int(seed))
             if len(entry["seeds"]) == len(seeds):
-                entry["runs"].update(kept)          # complete: the chapters not run this time come back
+                entry["runs"].update(kept)  # complete: the chapters not run this time come back
             entry["stats"] = _stats(entry["runs"])
             spread["configurations"][name] = entry
             _write_json(spread_path(scale, folder), spread)
@@ -231,7 +295,9 @@ def _stats(runs: dict[str, list[dict]]) -> dict:
     stats = {}
     for chapter, per_seed in runs.items():
         keys = sorted({k for values in per_seed for k in values})
-        stats[chapter] = {k: summary([values[k] for values in per_seed if k in values]) for k in keys}
+        stats[chapter] = {
+            k: summary([values[k] for values in per_seed if k in values]) for k in keys
+        }
     return stats
 
 
@@ -243,23 +309,33 @@ def _write_json(path: Path, content: dict) -> None:
 
 # ----------------------------------------------------------------------------- checks from the spread
 
+
 def _matching_values(spread: dict, chapter: str, key: str, spec: dict) -> dict[str, list[float]]:
     """Per configuration, the seeds' values of ``key`` where ``spec``'s ``when`` holds."""
     out = {}
     for name, entry in spread.get("configurations", {}).items():
-        values = [v[key] for v in entry.get("runs", {}).get(chapter, [])
-                  if key in v and all(k in v for k in spec.get("when", {})) and _applies(spec, v)]
+        values = [
+            v[key]
+            for v in entry.get("runs", {}).get(chapter, [])
+            if key in v and all(k in v for k in spec.get("when", {})) and _applies(spec, v)
+        ]
         if values:
             out[name] = values
     return out
 
 
-def required_bounds(spread: dict, chapter: str, key: str, spec: dict) -> tuple[float, float, list[str]]:
+def required_bounds(
+    spread: dict, chapter: str, key: str, spec: dict
+) -> tuple[float, float, list[str]]:
     """(lo, hi, problems): the range a check must cover, mean -+ 3 sd in every configuration where it applies."""
     problems = []
     per_configuration = _matching_values(spread, chapter, key, spec)
     if not per_configuration:
-        return math.nan, math.nan, [f"{chapter}: {key}: no seed of the spread satisfies this check's condition"]
+        return (
+            math.nan,
+            math.nan,
+            [f"{chapter}: {key}: no seed of the spread satisfies this check's condition"],
+        )
     lo, hi = math.inf, -math.inf
     for name, values in per_configuration.items():
         if len(values) < MIN_SEEDS:
@@ -287,22 +363,36 @@ def trace(spread: dict, chapter: str, key: str, spec: dict) -> list[str]:
         return problems
     slack = 1e-9
     if "images" in spec and spec["images"] < MIN_IMAGES:
-        problems.append(f"{chapter}: {key}: a rate over {spec['images']} images (< {MIN_IMAGES}) is not checked")
+        problems.append(
+            f"{chapter}: {key}: a rate over {spec['images']} images (< {MIN_IMAGES}) is not checked"
+        )
     if "value" in spec:
         tol = spec.get("abs_tol", 0.0)
         if tol < minimum_tolerance(spec) - slack:
-            problems.append(f"{chapter}: {key}: abs_tol {tol} is below one image's worth, {minimum_tolerance(spec):.4g}")
+            problems.append(
+                f"{chapter}: {key}: abs_tol {tol} is below one image's worth, {minimum_tolerance(spec):.4g}"
+            )
         if spec["value"] - tol > lo + slack or spec["value"] + tol < hi - slack:
-            problems.append(f"{chapter}: {key}: {describe_check(spec)} does not cover the spread [{lo:.4f}, {hi:.4f}]")
+            problems.append(
+                f"{chapter}: {key}: {describe_check(spec)} does not cover the spread [{lo:.4f}, {hi:.4f}]"
+            )
         if tol > MAX_TOLERANCE:
-            problems.append(f"{chapter}: {key}: ± {tol:.3f} is too wide to tell a change from noise: do not check it "
-                            f"at this scale, or raise its budget")
+            problems.append(
+                f"{chapter}: {key}: ± {tol:.3f} is too wide to tell a change from noise: do not check it "
+                f"at this scale, or raise its budget"
+            )
     if "min" in spec and spec["min"] > lo + slack:
-        problems.append(f"{chapter}: {key}: min {spec['min']} is above the spread's lower end {lo:.4f}")
+        problems.append(
+            f"{chapter}: {key}: min {spec['min']} is above the spread's lower end {lo:.4f}"
+        )
     if "max" in spec and spec["max"] < hi - slack:
-        problems.append(f"{chapter}: {key}: max {spec['max']} is below the spread's upper end {hi:.4f}")
+        problems.append(
+            f"{chapter}: {key}: max {spec['max']} is below the spread's upper end {hi:.4f}"
+        )
     if spec.get("claim") and not spec.get("min", 0) > 0:
-        problems.append(f"{chapter}: {key}: the claim '{spec['claim']}' needs a margin min > 0 (got {spec.get('min')})")
+        problems.append(
+            f"{chapter}: {key}: the claim '{spec['claim']}' needs a margin min > 0 (got {spec.get('min')})"
+        )
     return problems
 
 
@@ -353,7 +443,11 @@ def rederive_references(scale: str, folder: str | Path | None = None) -> list[st
 
 def _reference_json(reference: dict) -> str:
     """A reference file, one check per line."""
-    lines = ["{", f'  "chapter": {json.dumps(reference["chapter"])},', f'  "scale": {json.dumps(reference["scale"])},']
+    lines = [
+        "{",
+        f'  "chapter": {json.dumps(reference["chapter"])},',
+        f'  "scale": {json.dumps(reference["scale"])},',
+    ]
     if "about" in reference:
         lines.append(f'  "about": {json.dumps(reference["about"])},')
     lines.append('  "checks": {')
@@ -381,33 +475,52 @@ def untraceable(scale: str, folder: str | Path | None = None) -> list[str]:
 
 # ----------------------------------------------------------------------------- command line
 
+
 def main(argv: list[str] | None = None) -> int:
     from .scales import SCALES
 
-    parser = argparse.ArgumentParser(prog="python -m helpers.regression", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.regression", description=__doc__.split("\n\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    report = commands.add_parser("report", help="run the chapters and print their numbers against the references")
-    report.add_argument("--results", metavar="DIR", help="check the results files in DIR instead of running")
-    spread = commands.add_parser("derive", help="run the chapters with several seeds and write the spread file")
+    report = commands.add_parser(
+        "report", help="run the chapters and print their numbers against the references"
+    )
+    report.add_argument(
+        "--results", metavar="DIR", help="check the results files in DIR instead of running"
+    )
+    spread = commands.add_parser(
+        "derive", help="run the chapters with several seeds and write the spread file"
+    )
     spread.add_argument("--seeds", type=int, nargs="+", default=list(range(MIN_SEEDS)))
-    spread.add_argument("--no-local-data", action="store_true", help="unset MEDMNIST_DIR and NATURAL_IMAGES_DIR")
-    references = commands.add_parser("references", help="re-derive the reference checks from the spread file")
+    spread.add_argument(
+        "--no-local-data", action="store_true", help="unset MEDMNIST_DIR and NATURAL_IMAGES_DIR"
+    )
+    references = commands.add_parser(
+        "references", help="re-derive the reference checks from the spread file"
+    )
     for command in (report, spread, references):
         command.add_argument("--scale", default="smoke", choices=SCALES)
     for command in (report, spread):
-        command.add_argument("--chapters", nargs="+", metavar="NAME", help="only these (default: all in the toc)")
+        command.add_argument(
+            "--chapters", nargs="+", metavar="NAME", help="only these (default: all in the toc)"
+        )
     args = parser.parse_args(argv)
 
     if args.command == "references":
         problems = rederive_references(args.scale)
-        print("\n".join(problems) if problems else f"every {args.scale} reference is derived from the spread")
+        print(
+            "\n".join(problems)
+            if problems
+            else f"every {args.scale} reference is derived from the spread"
+        )
         return 1 if problems else 0
     names = _select(args.chapters, toc_chapters())
     if args.command == "derive":
         derive(args.scale, args.seeds, chapters=names, no_local_data=args.no_local_data)
         return 0
     try:
-        for name in names:                     # before anything runs: every chapter needs a reference
+        for name in names:  # before anything runs: every chapter needs a reference
             load_reference(name, args.scale)
         if args.results:
             rows = check_results(args.results, names, args.scale)
@@ -419,8 +532,11 @@ def main(argv: list[str] | None = None) -> int:
         print(failure.report, file=sys.stderr)
         return 1
     except FileNotFoundError as error:
-        print(f"Error: {error}. References exist for: "
-              f"{', '.join(sorted({p.name.split('.')[1] for p in REFERENCES_DIR.glob('*.*.json')}))}.", file=sys.stderr)
+        print(
+            f"Error: {error}. References exist for: "
+            f"{', '.join(sorted({p.name.split('.')[1] for p in REFERENCES_DIR.glob('*.*.json')}))}.",
+            file=sys.stderr,
+        )
         return 1
     print(format_table(rows))
     return 1 if any(row.status == "FAIL" for row in rows) else 0

@@ -10,6 +10,7 @@ Every finished round is saved (model, fresh UAP, numbers) in its own folder unde
 cache, written to a staging folder and renamed into place only when complete: an interrupted
 run continues after its last finished round, and nothing earlier is overwritten.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,12 @@ from .training import fit, save_trained, set_seed
 class RetrainingRun:
     """Per-round numbers of one retraining run, its folder and the final model."""
 
-    table: pd.DataFrame                       # one row per round (round 0 = before retraining)
+    table: pd.DataFrame  # one row per round (round 0 = before retraining)
     folder: Path
     model: keras.Model
-    adv_preds: list                           # per round, (E,) evaluation-image predictions under its fresh UAP
-    eval_labels: np.ndarray                   # (E,) true classes of the evaluation images
-    resumed_rounds: list = field(default_factory=list)   # rounds reloaded from the cache
+    adv_preds: list  # per round, (E,) evaluation-image predictions under its fresh UAP
+    eval_labels: np.ndarray  # (E,) true classes of the evaluation images
+    resumed_rounds: list = field(default_factory=list)  # rounds reloaded from the cache
 
     @property
     def last_adv_pred(self) -> np.ndarray:
@@ -47,9 +48,24 @@ class RetrainingRun:
         return self.adv_preds[-1]
 
 
-def run_key(model_key: str, *, zeta: float, norm, target, eps: float, uaps_per_round: int, epochs: int,
-            attack_images: int, i_max: int, eval_images: int, batch_size: int, seed: int,
-            learning_rate: float | None = None, weights: str = "", mode: str = "faithful") -> str:
+def run_key(
+    model_key: str,
+    *,
+    zeta: float,
+    norm,
+    target,
+    eps: float,
+    uaps_per_round: int,
+    epochs: int,
+    attack_images: int,
+    i_max: int,
+    eval_images: int,
+    batch_size: int,
+    seed: int,
+    learning_rate: float | None = None,
+    weights: str = "",
+    mode: str = "faithful",
+) -> str:
     """Cache folder name of a run: the model's key plus every setting that changes a round.
 
     ``weights`` is :func:`~helpers.models.weights_digest` of the starting model, so a model trained
@@ -58,14 +74,19 @@ def run_key(model_key: str, *, zeta: float, norm, target, eps: float, uaps_per_r
     kind = "nt" if target is None else f"t{target}"
     rate = "" if learning_rate is None else f"-lr{learning_rate:g}"
     digest = f"-w{weights}" if weights else ""
-    return (f"{model_key}--retrain-{kind}-p{uap.norm_name(norm)}-zeta{zeta:g}-eps{eps:g}-imax{i_max}-{mode}"
-            f"-uaps{uaps_per_round}-epochs{epochs}{rate}-bs{batch_size}-imgs{attack_images}-eval{eval_images}"
-            f"-seed{seed}{digest}")
+    return (
+        f"{model_key}--retrain-{kind}-p{uap.norm_name(norm)}-zeta{zeta:g}-eps{eps:g}-imax{i_max}-{mode}"
+        f"-uaps{uaps_per_round}-epochs{epochs}{rate}-bs{batch_size}-imgs{attack_images}-eval{eval_images}"
+        f"-seed{seed}{digest}"
+    )
 
 
 # --------------------------------------------------------------------------- the retraining set
 
-def perturbed_training_set(images: np.ndarray, perturbations: list, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+
+def perturbed_training_set(
+    images: np.ndarray, perturbations: list, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Half the images clean, the other half (N // 2, at random) each plus one of ``perturbations`` at random.
 
     Args:
@@ -82,8 +103,10 @@ def perturbed_training_set(images: np.ndarray, perturbations: list, seed: int = 
         raise ValueError("perturbations is empty: give at least one UAP of shape (H, W, C).")
     stack = np.stack([np.asarray(p, dtype=np.float32) for p in perturbations])
     if stack.shape[1:] != images.shape[1:]:
-        raise ValueError(f"perturbations have shape {stack.shape[1:]} but the images {images.shape[1:]}: "
-                         "give UAPs of one image's shape (H, W, C).")
+        raise ValueError(
+            f"perturbations have shape {stack.shape[1:]} but the images {images.shape[1:]}: "
+            "give UAPs of one image's shape (H, W, C)."
+        )
     chosen = _choose(len(images), len(stack), seed)
     half = np.flatnonzero(chosen >= 0)
     out = images.copy()
@@ -113,60 +136,127 @@ def retraining_set(train, perturbations: list, seed: int = 0):
         raise ValueError("perturbations is empty: give at least one UAP of shape (H, W, C).")
     stack = np.stack([np.asarray(p, dtype=np.float32) for p in perturbations])
     if stack.shape[1:] != train.shape:
-        raise ValueError(f"perturbations have shape {stack.shape[1:]} but the images {train.shape}: "
-                         "give UAPs of one image's shape (H, W, C).")
+        raise ValueError(
+            f"perturbations have shape {stack.shape[1:]} but the images {train.shape}: "
+            "give UAPs of one image's shape (H, W, C)."
+        )
     if train.added is not None:
-        raise ValueError("train already carries UAPs (a retraining set): start from the clean training split.")
+        raise ValueError(
+            "train already carries UAPs (a retraining set): start from the clean training split."
+        )
     chosen = _choose(len(train), len(stack), seed)
-    return replace(train, labels=train.labels.copy(), notes=list(train.notes), added=(stack, chosen)), chosen
+    return replace(
+        train, labels=train.labels.copy(), notes=list(train.notes), added=(stack, chosen)
+    ), chosen
 
 
 # --------------------------------------------------------------------------- checks
 
+
 def _check_count(name: str, value, hint: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r}: must be a positive integer; pass {name} >= 1 ({hint}).")
+        raise ValueError(
+            f"{name}={value!r}: must be a positive integer; pass {name} >= 1 ({hint})."
+        )
 
 
-def _check(trained, splits, *, zeta, norm, target, eps, rounds, uaps_per_round, epochs, attack_images, i_max,
-           eval_images, batch_size, learning_rate) -> None:
+def _check(
+    trained,
+    splits,
+    *,
+    zeta,
+    norm,
+    target,
+    eps,
+    rounds,
+    uaps_per_round,
+    epochs,
+    attack_images,
+    i_max,
+    eval_images,
+    batch_size,
+    learning_rate,
+) -> None:
     """Refuse settings the procedure cannot run with, naming the parameter and the fix."""
-    if not (isinstance(getattr(trained, "model", None), keras.Model) and isinstance(getattr(trained, "key", None), str)):
-        raise ValueError(f"trained={type(trained).__name__}: pass the TrainedModel that training.get_or_train "
-                         "returns (its .model is retrained, its .key names the cache folder).")
-    if learning_rate is not None and not (isinstance(learning_rate, (int, float, np.floating))
-                                          and math.isfinite(learning_rate) and learning_rate > 0):
-        raise ValueError(f"learning_rate={learning_rate!r}: pass a positive rate, e.g. 1e-4, or None for the "
-                         "training schedule of chapter 1 over the extra epochs.")
-    for name, value, hint in (("rounds", rounds, "paper 000: 5"), ("uaps_per_round", uaps_per_round, "paper 000: 10"),
-                              ("epochs", epochs, "paper 000: 5"), ("attack_images", attack_images, "e.g. 500"),
-                              ("i_max", i_max, "paper 000: 15"), ("batch_size", batch_size, "paper 000: 32")):
+    if not (
+        isinstance(getattr(trained, "model", None), keras.Model)
+        and isinstance(getattr(trained, "key", None), str)
+    ):
+        raise ValueError(
+            f"trained={type(trained).__name__}: pass the TrainedModel that training.get_or_train "
+            "returns (its .model is retrained, its .key names the cache folder)."
+        )
+    if learning_rate is not None and not (
+        isinstance(learning_rate, (int, float, np.floating))
+        and math.isfinite(learning_rate)
+        and learning_rate > 0
+    ):
+        raise ValueError(
+            f"learning_rate={learning_rate!r}: pass a positive rate, e.g. 1e-4, or None for the "
+            "training schedule of chapter 1 over the extra epochs."
+        )
+    for name, value, hint in (
+        ("rounds", rounds, "paper 000: 5"),
+        ("uaps_per_round", uaps_per_round, "paper 000: 10"),
+        ("epochs", epochs, "paper 000: 5"),
+        ("attack_images", attack_images, "e.g. 500"),
+        ("i_max", i_max, "paper 000: 15"),
+        ("batch_size", batch_size, "paper 000: 32"),
+    ):
         _check_count(name, value, hint)
     if eval_images is not None:
         _check_count("eval_images", eval_images, "or None for every test image")
     if not isinstance(zeta, (int, float, np.floating)) or not math.isfinite(zeta) or zeta <= 0:
-        raise ValueError(f"zeta={zeta!r}: the UAP size is a positive fraction of the mean image norm; "
-                         "pass e.g. zeta=0.02 (paper 000, targeted) or 0.04 (non-targeted).")
+        raise ValueError(
+            f"zeta={zeta!r}: the UAP size is a positive fraction of the mean image norm; "
+            "pass e.g. zeta=0.02 (paper 000, targeted) or 0.04 (non-targeted)."
+        )
     if not isinstance(eps, (int, float, np.floating)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps={eps!r}: the FGSM step strength must be positive; pass e.g. eps=0.01.")
+        raise ValueError(
+            f"eps={eps!r}: the FGSM step strength must be positive; pass e.g. eps=0.01."
+        )
     uap.parse_norm(norm)
     missing = [part for part in ("train", "test") if part not in splits]
     if missing:
-        raise ValueError(f"splits has no {' or '.join(repr(m) for m in missing)} split: pass the model's "
-                         "splits from data.load_for_scale (keys 'train', 'val', 'test').")
+        raise ValueError(
+            f"splits has no {' or '.join(repr(m) for m in missing)} split: pass the model's "
+            "splits from data.load_for_scale (keys 'train', 'val', 'test')."
+        )
     n_classes = int(trained.model.output_shape[-1])
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer))
-                               or not 0 <= target < n_classes):
-        raise ValueError(f"target={target!r}: pass a class index in [0, {n_classes}), or None for non-targeted UAPs.")
+    if target is not None and (
+        isinstance(target, bool)
+        or not isinstance(target, (int, np.integer))
+        or not 0 <= target < n_classes
+    ):
+        raise ValueError(
+            f"target={target!r}: pass a class index in [0, {n_classes}), or None for non-targeted UAPs."
+        )
 
 
 # --------------------------------------------------------------------------- the rounds
 
-def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target: int | None = None,
-                           eps: float = 0.01, rounds: int = 5, uaps_per_round: int = 10, epochs: int = 5,
-                           attack_images: int = 500, i_max: int = 5, eval_images: int | None = None,
-                           batch_size: int = 32, learning_rate: float | None = None, mode: str = "faithful",
-                           seed: int = 0, cache=None, progress: bool = True) -> RetrainingRun:
+
+def adversarial_retraining(
+    trained,
+    splits: dict,
+    *,
+    zeta: float,
+    norm=2,
+    target: int | None = None,
+    eps: float = 0.01,
+    rounds: int = 5,
+    uaps_per_round: int = 10,
+    epochs: int = 5,
+    attack_images: int = 500,
+    i_max: int = 5,
+    eval_images: int | None = None,
+    batch_size: int = 32,
+    learning_rate: float | None = None,
+    mode: str = "faithful",
+    seed: int = 0,
+    cache=None,
+    progress: bool = True,
+) -> RetrainingRun:
     """Retrain ``trained`` (a :class:`~helpers.training.TrainedModel`) against UAPs, round by round.
 
     Args:
@@ -186,27 +276,58 @@ def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target
         a :class:`RetrainingRun`; round 0 of its table is the model before retraining. Calling again with
         more ``rounds`` reloads the finished rounds and computes only the new ones.
     """
-    _check(trained, splits, zeta=zeta, norm=norm, target=target, eps=eps, rounds=rounds,
-           uaps_per_round=uaps_per_round, epochs=epochs, attack_images=attack_images, i_max=i_max,
-           eval_images=eval_images, batch_size=batch_size, learning_rate=learning_rate)
+    _check(
+        trained,
+        splits,
+        zeta=zeta,
+        norm=norm,
+        target=target,
+        eps=eps,
+        rounds=rounds,
+        uaps_per_round=uaps_per_round,
+        epochs=epochs,
+        attack_images=attack_images,
+        i_max=i_max,
+        eval_images=eval_images,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+    )
     train, test = splits["train"], splits["test"]
     if eval_images is not None:
         test = test.subset(np.random.default_rng(seed).permutation(len(test))[:eval_images])
     attack, _ = draw_distinct(train, attack_images, np.random.default_rng(seed))
-    key = run_key(trained.key, zeta=zeta, norm=norm, target=target, eps=eps, uaps_per_round=uaps_per_round,
-                  epochs=epochs, attack_images=len(attack), i_max=i_max, eval_images=len(test),
-                  batch_size=batch_size, seed=seed, learning_rate=learning_rate,
-                  weights=weights_digest(trained.model), mode=mode)
+    key = run_key(
+        trained.key,
+        zeta=zeta,
+        norm=norm,
+        target=target,
+        eps=eps,
+        uaps_per_round=uaps_per_round,
+        epochs=epochs,
+        attack_images=len(attack),
+        i_max=i_max,
+        eval_images=len(test),
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        weights=weights_digest(trained.model),
+        mode=mode,
+    )
     folder = Path(cache or cache_dir("retraining")) / key
     folder.mkdir(parents=True, exist_ok=True)
-    settings = dict(zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target, mode=mode, progress=False)
+    settings = dict(
+        zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target, mode=mode, progress=False
+    )
     model, saved_model, rows, resumed, adv_preds = trained.model, None, [], [], []
     from tqdm.auto import tqdm
+
     for number in tqdm(range(rounds + 1), desc="retraining rounds", disable=not progress):
         done = folder / f"round{number}"
         if (done / "round.json").is_file():
             row, adv_pred = _load_round(done)
-            saved_model = done / "model" if number > 0 else None     # loaded only if a later round needs it
+            saved_model = (
+                done / "model" if number > 0 else None
+            )  # loaded only if a later round needs it
             rows.append(row)
             adv_preds.append(adv_pred)
             resumed.append(number)
@@ -215,32 +336,60 @@ def adversarial_retraining(trained, splits: dict, *, zeta: float, norm=2, target
             model, saved_model = _load_model(saved_model), None
         start = time.perf_counter()
         if number > 0:
-            model = _retrain_once(model, train, attack, splits.get("val"), settings, uaps_per_round, epochs,
-                                  batch_size, learning_rate, seed + 1000 * number)
-        fresh = uap.universal_perturbation(model, attack, seed=seed + 1000 * number + 999, **settings)
+            model = _retrain_once(
+                model,
+                train,
+                attack,
+                splits.get("val"),
+                settings,
+                uaps_per_round,
+                epochs,
+                batch_size,
+                learning_rate,
+                seed + 1000 * number,
+            )
+        fresh = uap.universal_perturbation(
+            model, attack, seed=seed + 1000 * number + 999, **settings
+        )
         rate, scores = _evaluate_round(model, test, fresh, target)
         row = _round_row(number, rate, scores, time.perf_counter() - start, train.info.n_classes)
         adv_pred = scores["adv_pred"]
         if not _save_round(done, model, row, fresh, adv_pred, with_model=number > 0):
-            row, adv_pred = _load_round(done)   # another process finished this round first: use its numbers
+            row, adv_pred = _load_round(
+                done
+            )  # another process finished this round first: use its numbers
         rows.append(row)
         adv_preds.append(adv_pred)
     if saved_model is not None:
         model = _load_model(saved_model)
-    return RetrainingRun(pd.DataFrame(rows), folder, model, adv_preds, np.asarray(test.labels), resumed)
+    return RetrainingRun(
+        pd.DataFrame(rows), folder, model, adv_preds, np.asarray(test.labels), resumed
+    )
 
 
-def _retrain_once(model, train, attack, val, settings, uaps_per_round, epochs, batch_size, learning_rate, seed):
+def _retrain_once(
+    model, train, attack, val, settings, uaps_per_round, epochs, batch_size, learning_rate, seed
+):
     """Steps (i)-(iii): UAPs against ``model``, the half-perturbed training set, fine-tuning a copy."""
-    perturbations = [uap.universal_perturbation(model, attack, seed=seed + k, **settings).perturbation
-                     for k in range(uaps_per_round)]
+    perturbations = [
+        uap.universal_perturbation(model, attack, seed=seed + k, **settings).perturbation
+        for k in range(uaps_per_round)
+    ]
     mixed, _ = retraining_set(train, perturbations, seed)
-    set_seed(seed)                              # the copy's dropout seeds: the same whether resumed or not
+    set_seed(seed)  # the copy's dropout seeds: the same whether resumed or not
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    copy.name = model.name                      # keeps the architecture's optimiser choice
-    fit(copy, mixed, val, epochs=epochs, batch_size=batch_size, seed=seed, learning_rate=learning_rate,
-        description="fine-tuning on UAP images")
+    copy.name = model.name  # keeps the architecture's optimiser choice
+    fit(
+        copy,
+        mixed,
+        val,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        description="fine-tuning on UAP images",
+    )
     return copy
 
 
@@ -253,16 +402,24 @@ def _evaluate_round(model, test, fresh, target):
 
 def _round_row(number, rate, scores, seconds, n_classes) -> dict:
     counts = np.bincount(scores["adv_pred"], minlength=n_classes)
-    return {"round": number, "rate": rate, "clean test accuracy": scores["clean_accuracy"],
-            "adversarial test accuracy": scores["adversarial_accuracy"],
-            "dominant class": int(counts.argmax()), "dominant share": float(counts.max() / counts.sum()),
-            "baseline": scores.get("success_baseline", np.nan), "seconds": seconds}
+    return {
+        "round": number,
+        "rate": rate,
+        "clean test accuracy": scores["clean_accuracy"],
+        "adversarial test accuracy": scores["adversarial_accuracy"],
+        "dominant class": int(counts.argmax()),
+        "dominant share": float(counts.max() / counts.sum()),
+        "baseline": scores.get("success_baseline", np.nan),
+        "seconds": seconds,
+    }
 
 
 # --------------------------------------------------------------------------- the cache
 
-def _save_round(folder: Path, model, row: dict, fresh: uap.UAPResult, adv_pred: np.ndarray,
-                with_model: bool) -> bool:
+
+def _save_round(
+    folder: Path, model, row: dict, fresh: uap.UAPResult, adv_pred: np.ndarray, with_model: bool
+) -> bool:
     """Write one finished round into a staging folder, then rename it to ``folder`` (all or nothing).
 
     Returns False, keeping the saved round, when another process finished it first. A ``folder``
@@ -272,9 +429,15 @@ def _save_round(folder: Path, model, row: dict, fresh: uap.UAPResult, adv_pred: 
     if with_model:
         save_trained(model, staging / "model", {"key": f"{folder.parent.name}/{folder.name}"}, {})
     np.savez(staging / "fresh_uap.npz", perturbation=fresh.perturbation, adv_pred=adv_pred)
-    (staging / "round.json").write_text(json.dumps({k: _plain(v) for k, v in row.items()}, indent=2))
+    (staging / "round.json").write_text(
+        json.dumps({k: _plain(v) for k, v in row.items()}, indent=2)
+    )
     if folder.exists() and not _is_complete(folder):
-        folder.rename(folder.with_name(f"{folder.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}-{staging.name}"))
+        folder.rename(
+            folder.with_name(
+                f"{folder.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}-{staging.name}"
+            )
+        )
     return publish_folder(staging, folder, _is_complete)
 
 
@@ -295,4 +458,3 @@ def _load_round(folder: Path) -> tuple[dict, np.ndarray]:
 
 def _load_model(folder: Path) -> keras.Model:
     return keras.models.load_model(folder / "model.keras", compile=False)
-

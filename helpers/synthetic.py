@@ -7,6 +7,7 @@ count, class proportions and task type of the real split, and enough structure f
 small CNN to learn - but it is not medical data, and nothing measured on it is a medical
 result. Same arguments -> same images.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -16,13 +17,34 @@ import numpy as np
 #: Official class proportions of each split (from the MedMNIST v2 label counts).
 CLASS_PROPORTIONS = {
     "pneumonia": {"train": (1214, 3494), "val": (135, 389), "test": (234, 390)},
-    "oct": {"train": (33484, 10213, 7754, 46026), "val": (3721, 1135, 862, 5114), "test": (250, 250, 250, 250)},
-    "derma": {"train": (228, 359, 769, 80, 779, 4693, 99), "val": (33, 52, 110, 12, 111, 671, 14),
-              "test": (66, 103, 220, 23, 223, 1341, 29)},
+    "oct": {
+        "train": (33484, 10213, 7754, 46026),
+        "val": (3721, 1135, 862, 5114),
+        "test": (250, 250, 250, 250),
+    },
+    "derma": {
+        "train": (228, 359, 769, 80, 779, 4693, 99),
+        "val": (33, 52, 110, 12, 111, 671, 14),
+        "test": (66, 103, 220, 23, 223, 1341, 29),
+    },
 }
 #: Prevalence of each of the 14 ChestX-ray14 findings (about half the images have none).
-FINDING_PREVALENCE = (0.103, 0.025, 0.119, 0.177, 0.052, 0.056, 0.013, 0.047, 0.042, 0.021,
-                      0.022, 0.015, 0.030, 0.002)
+FINDING_PREVALENCE = (
+    0.103,
+    0.025,
+    0.119,
+    0.177,
+    0.052,
+    0.056,
+    0.013,
+    0.047,
+    0.042,
+    0.021,
+    0.022,
+    0.015,
+    0.030,
+    0.002,
+)
 
 BLOBS_PER_PATTERN = 3
 PATTERN_AMPLITUDE = 0.22
@@ -32,7 +54,7 @@ PATTERN_AMPLITUDE = 0.22
 #: which brings its accuracy near the real data's (about 90 %).
 STRENGTH = {"pneumonia": (0.0, 1.2)}
 DEFAULT_STRENGTH = (0.6, 1.3)
-MULTILABEL_GAIN = 2.5   # findings are rarer and overlap: stronger than class patterns, so a model learns to report them
+MULTILABEL_GAIN = 2.5  # findings are rarer and overlap: stronger than class patterns, so a model learns to report them
 NOISE_SD = 0.05
 
 
@@ -40,7 +62,9 @@ def _seed(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-def _patterns(key: str, n_patterns: int, channels: int, opacities: bool = False) -> dict[str, np.ndarray]:
+def _patterns(
+    key: str, n_patterns: int, channels: int, opacities: bool = False
+) -> dict[str, np.ndarray]:
     """Blob centres (P, B, 2), widths (P, B), amplitudes (P, B, C) of each pattern.
 
     ``opacities=True`` makes every blob brighter than the background (findings on an X-ray
@@ -59,10 +83,10 @@ def _patterns(key: str, n_patterns: int, channels: int, opacities: bool = False)
 def _render(centres, widths, amplitudes, size: int) -> np.ndarray:
     """Sum of Gaussian blobs. centres (N, B, 2), widths (N, B), amplitudes (N, B, C) -> (N, S, S, C)."""
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
-    dy = grid[None, None, :] - centres[..., 0:1]            # (N, B, S)
+    dy = grid[None, None, :] - centres[..., 0:1]  # (N, B, S)
     dx = grid[None, None, :] - centres[..., 1:2]
     inv = 1.0 / (2.0 * widths[..., None] ** 2)
-    gy, gx = np.exp(-dy ** 2 * inv), np.exp(-dx ** 2 * inv)  # separable Gaussians
+    gy, gx = np.exp(-(dy**2) * inv), np.exp(-(dx**2) * inv)  # separable Gaussians
     return np.einsum("nby,nbx,nbc->nyxc", gy, gx, amplitudes).astype(np.float32)
 
 
@@ -75,20 +99,26 @@ def _backgrounds(rng, count: int, size: int, channels: int, colour: bool) -> np.
     return base + _render(centres, widths, amplitudes, size)
 
 
-def _class_images(rng, patterns, index: np.ndarray, size: int, strength=DEFAULT_STRENGTH) -> np.ndarray:
+def _class_images(
+    rng, patterns, index: np.ndarray, size: int, strength=DEFAULT_STRENGTH
+) -> np.ndarray:
     """The pattern of class index[i] for every image, jittered and with a random strength in ``strength``."""
     count = len(index)
     centres = patterns["centres"][index] + rng.normal(0, 0.02, size=(count, BLOBS_PER_PATTERN, 2))
     strength = rng.uniform(*strength, size=(count, 1, 1))
-    return _render(centres, patterns["widths"][index], strength * patterns["amplitudes"][index], size)
+    return _render(
+        centres, patterns["widths"][index], strength * patterns["amplitudes"][index], size
+    )
 
 
 def _labels(rng, key: str, split: str, count: int, n_classes: int) -> np.ndarray:
     if key == "chest":
-        return (rng.uniform(size=(count, n_classes)) < np.array(FINDING_PREVALENCE)).astype(np.uint8)
+        return (rng.uniform(size=(count, n_classes)) < np.array(FINDING_PREVALENCE)).astype(
+            np.uint8
+        )
     weights = np.array(CLASS_PROPORTIONS[key][split], dtype=float)
     labels = rng.choice(n_classes, size=count, p=weights / weights.sum())
-    labels[:n_classes] = np.arange(n_classes)   # every class present, even in tiny splits
+    labels[:n_classes] = np.arange(n_classes)  # every class present, even in tiny splits
     return rng.permutation(labels).astype(np.int64)
 
 
@@ -107,7 +137,9 @@ def make_synthetic(info, split: str, size: int, seed: int = 0, count: int | None
     default = 4000 if size <= 64 else 1000
     count = int(count or min(info.n_samples[split], default))
     if count < info.n_classes:
-        raise ValueError(f"count={count}: a synthetic split needs at least one image per class ({info.n_classes}).")
+        raise ValueError(
+            f"count={count}: a synthetic split needs at least one image per class ({info.n_classes})."
+        )
     rng = np.random.default_rng(_seed(info.key, split, size, seed))
     labels = _labels(rng, info.key, split, count, info.n_classes)
     patterns = _patterns(info.key, info.n_classes, info.channels, opacities=info.multilabel)
@@ -116,9 +148,15 @@ def make_synthetic(info, split: str, size: int, seed: int = 0, count: int | None
         for finding in range(info.n_classes):
             present = np.flatnonzero(labels[:, finding])
             if len(present):
-                images[present] += _class_images(rng, patterns, np.full(len(present), finding), size)
+                images[present] += _class_images(
+                    rng, patterns, np.full(len(present), finding), size
+                )
     else:
-        images += _class_images(rng, patterns, labels, size, STRENGTH.get(info.key, DEFAULT_STRENGTH))
+        images += _class_images(
+            rng, patterns, labels, size, STRENGTH.get(info.key, DEFAULT_STRENGTH)
+        )
     images += rng.normal(0, NOISE_SD, size=images.shape).astype(np.float32)
     images = np.clip(images, 0.0, 1.0).astype(np.float32)
-    return MedDataset(info, split, images, labels, synthetic=True, source=f"synthetic (seed {seed})")
+    return MedDataset(
+        info, split, images, labels, synthetic=True, source=f"synthetic (seed {seed})"
+    )

@@ -7,6 +7,7 @@ rotations of +-5 degrees and random 5 % shifts; the skin-lesion set is oversampl
 size, architecture, weights, scale (with a hash of any overridden training setting) and
 seed, reloaded by later runs, and never overwritten.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ def set_seed(seed: int) -> None:
 def learning_rate_at(epoch: int, epochs: int, base: float = 1e-3) -> float:
     """Paper 000's step schedule; ``epoch`` counts from 0. 50 epochs: 1-40 base, 41-45 base/10, 46-50 base/100."""
     number = epoch + 1
-    if number <= max(1, 0.8 * epochs):   # the first epoch always at the base rate (1 epoch: not 1e-5)
+    if number <= max(
+        1, 0.8 * epochs
+    ):  # the first epoch always at the base rate (1 epoch: not 1e-5)
         return base
     if number <= 0.9 * epochs:
         return base / 10
@@ -48,14 +51,20 @@ def learning_rate_at(epoch: int, epochs: int, base: float = 1e-3) -> float:
 
 def augmenter(seed: int = 0) -> keras.Sequential:
     """Random rotation (+-5 degrees) and height/width shifts (5 %)."""
-    return keras.Sequential([
-        keras.layers.RandomRotation(ROTATION_DEGREES / 360.0, fill_mode="nearest", seed=seed),
-        keras.layers.RandomTranslation(SHIFT_FRACTION, SHIFT_FRACTION, fill_mode="nearest", seed=seed + 1),
-    ], name="augment")
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(ROTATION_DEGREES / 360.0, fill_mode="nearest", seed=seed),
+            keras.layers.RandomTranslation(
+                SHIFT_FRACTION, SHIFT_FRACTION, fill_mode="nearest", seed=seed + 1
+            ),
+        ],
+        name="augment",
+    )
 
 
-def make_pipeline(dataset: MedDataset, batch_size: int, *, shuffle: bool, augment: bool,
-                  seed: int) -> tf.data.Dataset:
+def make_pipeline(
+    dataset: MedDataset, batch_size: int, *, shuffle: bool, augment: bool, seed: int
+) -> tf.data.Dataset:
     """A tf.data pipeline of (image, label) batches, shuffled and augmented for training.
 
     It shuffles positions, not pixels: each batch is read from the stored images and turned into
@@ -68,7 +77,9 @@ def make_pipeline(dataset: MedDataset, batch_size: int, *, shuffle: bool, augmen
         return dataset.take(positions), labels[positions]
 
     def load(positions):
-        images, batch_labels = tf.numpy_function(read, [positions], (tf.float32, tf.as_dtype(labels.dtype)))
+        images, batch_labels = tf.numpy_function(
+            read, [positions], (tf.float32, tf.as_dtype(labels.dtype))
+        )
         images.set_shape(shape)
         batch_labels.set_shape((None, *labels.shape[1:]))
         return images, batch_labels
@@ -79,21 +90,30 @@ def make_pipeline(dataset: MedDataset, batch_size: int, *, shuffle: bool, augmen
     data = data.batch(batch_size).map(load)
     if augment:
         aug = augmenter(seed)
-        data = data.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+        data = data.map(
+            lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return data.prefetch(tf.data.AUTOTUNE)
 
 
-def compile_for(model: keras.Model, multilabel: bool, learning_rate: float, optimizer: str = "sgd") -> None:
+def compile_for(
+    model: keras.Model, multilabel: bool, learning_rate: float, optimizer: str = "sgd"
+) -> None:
     """SGD with momentum 0.9 (or Adam); cross-entropy; accuracy (and AUC for multi-label)."""
     if optimizer == "adam":
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     else:
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
     if multilabel:
-        model.compile(optimizer, loss="binary_crossentropy",
-                      metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
-                               keras.metrics.AUC(multi_label=True, name="auc")])
+        model.compile(
+            optimizer,
+            loss="binary_crossentropy",
+            metrics=[
+                keras.metrics.BinaryAccuracy(name="accuracy"),
+                keras.metrics.AUC(multi_label=True, name="auc"),
+            ],
+        )
     else:
         model.compile(optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
@@ -107,10 +127,15 @@ class TqdmEpochs(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         from tqdm.auto import tqdm
+
         self.bar = tqdm(total=self.epochs, desc=self.description, unit="epoch")
 
     def on_epoch_end(self, epoch, logs=None):
-        shown = {k: f"{v:.3f}" for k, v in (logs or {}).items() if k in ("loss", "accuracy", "val_accuracy")}
+        shown = {
+            k: f"{v:.3f}"
+            for k, v in (logs or {}).items()
+            if k in ("loss", "accuracy", "val_accuracy")
+        }
         self.bar.set_postfix(shown)
         self.bar.update(1)
 
@@ -118,8 +143,18 @@ class TqdmEpochs(keras.callbacks.Callback):
         self.bar.close()
 
 
-def fit(model: keras.Model, train, val=None, *, epochs: int, batch_size: int = 32, seed: int = 0,
-        augment: bool = True, learning_rate: float | None = None, description: str = "training") -> dict:
+def fit(
+    model: keras.Model,
+    train,
+    val=None,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    augment: bool = True,
+    learning_rate: float | None = None,
+    description: str = "training",
+) -> dict:
     """Train ``model`` on a :class:`~helpers.data.MedDataset` with the paper's protocol.
 
     Returns the Keras history: a list of per-epoch values for every loss and metric.
@@ -134,10 +169,20 @@ def fit(model: keras.Model, train, val=None, *, epochs: int, batch_size: int = 3
     compile_for(model, train.info.multilabel, base, _optimizer_of(model))
     _create_training_state(model, train.info)
     data = make_pipeline(train, batch_size, shuffle=True, augment=augment, seed=seed)
-    val_data = None if val is None else make_pipeline(val, 256, shuffle=False, augment=False, seed=seed)
-    schedule = keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate_at(epoch, epochs, base))
-    history = model.fit(data, validation_data=val_data, epochs=epochs, verbose=0, shuffle=False,
-                        callbacks=[schedule, TqdmEpochs(epochs, description)])
+    val_data = (
+        None if val is None else make_pipeline(val, 256, shuffle=False, augment=False, seed=seed)
+    )
+    schedule = keras.callbacks.LearningRateScheduler(
+        lambda epoch: learning_rate_at(epoch, epochs, base)
+    )
+    history = model.fit(
+        data,
+        validation_data=val_data,
+        epochs=epochs,
+        verbose=0,
+        shuffle=False,
+        callbacks=[schedule, TqdmEpochs(epochs, description)],
+    )
     costs.count(model, "forward", epochs * (len(train) + (0 if val is None else len(val))))
     costs.count(model, "backward", epochs * len(train))
     return {k: [float(v) for v in values] for k, values in history.history.items()}
@@ -157,8 +202,10 @@ def _create_training_state(model: keras.Model, info) -> None:
 
 def _check_dataset(value, parameter: str) -> None:
     if not isinstance(value, MedDataset):
-        raise ValueError(f"{parameter} must be a helpers.data.MedDataset (e.g. splits['{parameter}'] from "
-                         f"data.load_for_scale), not {type(value).__name__}.")
+        raise ValueError(
+            f"{parameter} must be a helpers.data.MedDataset (e.g. splits['{parameter}'] from "
+            f"data.load_for_scale), not {type(value).__name__}."
+        )
 
 
 def _optimizer_of(model: keras.Model) -> str:
@@ -170,6 +217,7 @@ def _optimizer_of(model: keras.Model) -> str:
 
 
 # --------------------------------------------------------------------------- cache
+
 
 @dataclass
 class TrainedModel:
@@ -183,8 +231,15 @@ class TrainedModel:
     from_cache: bool = False
 
 
-def model_key(dataset: str, kind: str, size: int, architecture: str, weights: str | None,
-              scale: str | Preset, seed: int) -> str:
+def model_key(
+    dataset: str,
+    kind: str,
+    size: int,
+    architecture: str,
+    weights: str | None,
+    scale: str | Preset,
+    seed: int,
+) -> str:
     """Cache key, e.g. ``pneumonia-real-28px-small_cnn-scratch-smoke-seed0``.
 
     ``scale`` is a scale name or a :class:`~helpers.scales.Preset`; a preset whose training
@@ -194,8 +249,17 @@ def model_key(dataset: str, kind: str, size: int, architecture: str, weights: st
     return f"{dataset}-{kind}-{size}px-{architecture}-{weights or 'scratch'}-{tag}-seed{seed}"
 
 
-def get_or_train(splits: dict, architecture: str, preset, seed: int = 0, *, weights: str | None = "default",
-                 cache: Path | None = None, retrain: bool = False, verbose: bool = True) -> TrainedModel:
+def get_or_train(
+    splits: dict,
+    architecture: str,
+    preset,
+    seed: int = 0,
+    *,
+    weights: str | None = "default",
+    cache: Path | None = None,
+    retrain: bool = False,
+    verbose: bool = True,
+) -> TrainedModel:
     """The cached model for these data/architecture/scale/seed, trained now if absent.
 
     ``preset`` is a :class:`~helpers.scales.Preset` or a scale name. ``weights="default"``
@@ -215,23 +279,36 @@ def get_or_train(splits: dict, architecture: str, preset, seed: int = 0, *, weig
     if _is_cached(folder) and not retrain:
         return load_trained(folder, verbose=verbose)
     model, built = _build(train.info, arch.name, preset, weights, seed, verbose)
-    if built != weights:                       # fell back to random initialisation
+    if built != weights:  # fell back to random initialisation
         weights, folder = built, _folder(cache, train, arch.name, built, preset, seed)
         if _is_cached(folder) and not retrain:
             return load_trained(folder, verbose=verbose)
-    return _train_and_save(model, splits, arch.name, weights, preset, seed, folder, keep_existing=not retrain)
+    return _train_and_save(
+        model, splits, arch.name, weights, preset, seed, folder, keep_existing=not retrain
+    )
 
 
 def _train_split(splits) -> MedDataset:
     if not isinstance(splits, dict) or not isinstance(splits.get("train"), MedDataset):
-        raise ValueError("splits must be a dict with a 'train' MedDataset (and 'val'), as returned by "
-                         f"data.load_for_scale; got {type(splits).__name__}.")
+        raise ValueError(
+            "splits must be a dict with a 'train' MedDataset (and 'val'), as returned by "
+            f"data.load_for_scale; got {type(splits).__name__}."
+        )
     return splits["train"]
 
 
-def _folder(cache, train: MedDataset, architecture: str, weights, preset: Preset, seed: int) -> Path:
-    key = model_key(train.info.key, "synthetic" if train.synthetic else "real", train.size, architecture,
-                    weights, preset, seed)
+def _folder(
+    cache, train: MedDataset, architecture: str, weights, preset: Preset, seed: int
+) -> Path:
+    key = model_key(
+        train.info.key,
+        "synthetic" if train.synthetic else "real",
+        train.size,
+        architecture,
+        weights,
+        preset,
+        seed,
+    )
     return Path(cache or cache_dir("models")) / key
 
 
@@ -239,20 +316,39 @@ def _is_cached(folder: Path) -> bool:
     return (folder / "model.keras").is_file()
 
 
-def _train_and_save(model, splits, architecture, weights, preset, seed, folder, keep_existing) -> TrainedModel:
+def _train_and_save(
+    model, splits, architecture, weights, preset, seed, folder, keep_existing
+) -> TrainedModel:
     train = splits["train"]
     start = time.perf_counter()
     epochs = preset.epochs_for(architecture)
-    history = fit(model, train, splits.get("val"), epochs=epochs, batch_size=preset.batch_size,
-                  seed=seed, description=f"{train.info.key} / {architecture}")
-    meta = {"key": folder.name, "dataset": train.info.key, "data": train.kind, "size": train.size,
-            "architecture": architecture, "weights": weights or "none (random initialisation)",
-            "scale": preset.name, "seed": seed, "epochs": epochs, "train_images": len(train),
-            "train_seconds": round(time.perf_counter() - start, 1), "saved": time.strftime("%Y-%m-%d %H:%M:%S")}
+    history = fit(
+        model,
+        train,
+        splits.get("val"),
+        epochs=epochs,
+        batch_size=preset.batch_size,
+        seed=seed,
+        description=f"{train.info.key} / {architecture}",
+    )
+    meta = {
+        "key": folder.name,
+        "dataset": train.info.key,
+        "data": train.kind,
+        "size": train.size,
+        "architecture": architecture,
+        "weights": weights or "none (random initialisation)",
+        "scale": preset.name,
+        "seed": seed,
+        "epochs": epochs,
+        "train_images": len(train),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     if preset.rehearsal and weights:
         meta["rehearsal"] = f"random initialisation standing in for the {weights} weights"
     if not save_trained(model, folder, meta, history, keep_existing=keep_existing):
-        return load_trained(folder, verbose=False)     # another process saved this model first: use it
+        return load_trained(folder, verbose=False)  # another process saved this model first: use it
     # The saved model, without the optimizer's state (as large as the weights): what the attacks need.
     saved = load_trained(folder, verbose=False)
     return TrainedModel(saved.model, folder.name, folder, meta, history, from_cache=False)
@@ -265,20 +361,32 @@ def _build(info, architecture, preset, weights, seed, verbose):
     the weights it stands in for as the model's label, so the chapters take the scale's branches.
     """
     if preset.rehearsal:
-        return model_for(info, architecture, preset.image_size, None, preset.backbone_input, seed), weights
+        return model_for(
+            info, architecture, preset.image_size, None, preset.backbone_input, seed
+        ), weights
     try:
-        model = model_for(info, architecture, preset.image_size, weights, preset.backbone_input, seed)
+        model = model_for(
+            info, architecture, preset.image_size, weights, preset.backbone_input, seed
+        )
         return model, weights
     except WeightsUnavailableError as error:
         if not preset.offline_fallback:
             raise
         if verbose:
-            print("!" * 78 + f"\n!! {error}\n!! Scale '{preset.name}': using {architecture} from RANDOM "
-                  f"INITIALISATION instead (no transfer learning).\n" + "!" * 78)
-        return model_for(info, architecture, preset.image_size, None, preset.backbone_input, seed), None
+            print(
+                "!"
+                * 78
+                + f"\n!! {error}\n!! Scale '{preset.name}': using {architecture} from RANDOM "
+                f"INITIALISATION instead (no transfer learning).\n" + "!" * 78
+            )
+        return model_for(
+            info, architecture, preset.image_size, None, preset.backbone_input, seed
+        ), None
 
 
-def save_trained(model: keras.Model, folder: Path, meta: dict, history: dict, *, keep_existing: bool = False) -> bool:
+def save_trained(
+    model: keras.Model, folder: Path, meta: dict, history: dict, *, keep_existing: bool = False
+) -> bool:
     """Write model, metadata and history into ``folder`` atomically; return True if written.
 
     An existing ``folder`` is never lost: it is renamed ``<folder>.old-<time>`` (a model trained
@@ -292,7 +400,9 @@ def save_trained(model: keras.Model, folder: Path, meta: dict, history: dict, *,
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))
     (staging / "history.json").write_text(json.dumps(history, indent=2))
     if folder.exists() and not (keep_existing and _is_cached(folder)):
-        folder.rename(_unused_name(folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")))
+        folder.rename(
+            _unused_name(folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+        )
     return publish_folder(staging, folder, lambda saved: keep_existing and _is_cached(saved))
 
 
@@ -310,7 +420,9 @@ def load_trained(folder: Path, verbose: bool = True) -> TrainedModel:
     folder = Path(folder)
     if not (folder / "model.keras").is_file():
         raise FileNotFoundError(f"{folder} holds no model.keras: not a trained-model folder.")
-    model = keras.models.load_model(folder / "model.keras", compile=False)    # no optimizer state: fit compiles
+    model = keras.models.load_model(
+        folder / "model.keras", compile=False
+    )  # no optimizer state: fit compiles
     meta = json.loads((folder / "meta.json").read_text())
     history = json.loads((folder / "history.json").read_text())
     if verbose:

@@ -17,6 +17,7 @@ Two modes behind :func:`universal_perturbation`:
 
 Sizes: ``xi = zeta x`` the mean L_p norm of the attack images as stored (all channels).
 """
+
 from __future__ import annotations
 
 import time
@@ -48,13 +49,17 @@ def norm_name(norm) -> str:
 def lp_norms(images, norm) -> np.ndarray:
     """L_p norm of every image (N,), over all pixels and channels."""
     flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
-    return np.abs(flat).max(axis=1) if parse_norm(norm) == np.inf else np.sqrt((flat ** 2).sum(axis=1))
+    return (
+        np.abs(flat).max(axis=1) if parse_norm(norm) == np.inf else np.sqrt((flat**2).sum(axis=1))
+    )
 
 
 def xi_from_zeta(images, zeta: float, norm) -> float:
     """xi = zeta x mean L_p norm of ``images`` (paper 000: zeta = 2-6 %)."""
     if not np.isfinite(zeta) or zeta <= 0:
-        raise ValueError(f"zeta={zeta!r}: the UAP size is a positive fraction of the mean image norm, e.g. 0.04.")
+        raise ValueError(
+            f"zeta={zeta!r}: the UAP size is a positive fraction of the mean image norm, e.g. 0.04."
+        )
     return float(zeta * lp_norms(images, norm).mean())
 
 
@@ -69,7 +74,9 @@ def project(perturbation: np.ndarray, xi: float, norm) -> np.ndarray:
 INF_CONTROLS = ("uniform", "vertices")
 
 
-def random_perturbation(shape, xi: float, norm, seed: int = 0, inf_kind: str = "uniform") -> np.ndarray:
+def random_perturbation(
+    shape, xi: float, norm, seed: int = 0, inf_kind: str = "uniform"
+) -> np.ndarray:
     """Random control of size ``xi``, shape (H, W, C).
 
     p = 2: uniform on the L2 sphere of radius xi (a normalised Gaussian vector).
@@ -78,7 +85,9 @@ def random_perturbation(shape, xi: float, norm, seed: int = 0, inf_kind: str = "
     largest random perturbation the ball allows: sqrt(3) times the L2 energy of the uniform one).
     """
     if inf_kind not in INF_CONTROLS:
-        raise ValueError(f"inf_kind={inf_kind!r}; choose one of {INF_CONTROLS} ('uniform' is the paper's control).")
+        raise ValueError(
+            f"inf_kind={inf_kind!r}; choose one of {INF_CONTROLS} ('uniform' is the paper's control)."
+        )
     rng = np.random.default_rng(seed)
     if parse_norm(norm) == np.inf:
         if inf_kind == "vertices":
@@ -97,13 +106,13 @@ def apply(images, perturbation) -> np.ndarray:
 class UAPResult:
     """A UAP and how it was made."""
 
-    perturbation: np.ndarray              # (H, W, C), in the stored image space
-    norm: str                             # "2" or "inf"
-    xi: float                             # radius of the L_p ball
-    eps: float                            # FGSM step strength
-    target: int | None                    # None for non-targeted
-    mode: str                             # "faithful" or "batched"
-    rates: list = field(default_factory=list)       # R_f (or R_s) on the attack images after each pass
+    perturbation: np.ndarray  # (H, W, C), in the stored image space
+    norm: str  # "2" or "inf"
+    xi: float  # radius of the L_p ball
+    eps: float  # FGSM step strength
+    target: int | None  # None for non-targeted
+    mode: str  # "faithful" or "batched"
+    rates: list = field(default_factory=list)  # R_f (or R_s) on the attack images after each pass
     eval_rates: list = field(default_factory=list)  # ... on the evaluation images, if given
     passes: int = 0
     seconds: float = 0.0
@@ -117,11 +126,14 @@ class UAPResult:
         kind = f"targeted (class {self.target})" if self.targeted else "non-targeted"
         rate = "R_s" if self.targeted else "R_f"
         last = f", {rate} on the attack images {self.rates[-1]:.1%}" if self.rates else ""
-        return (f"{kind} UAP, p = {self.norm}, xi = {self.xi:.4g}, eps = {self.eps:.4g}, {self.mode} mode, "
-                f"{self.passes} passes in {self.seconds:.1f} s{last}")
+        return (
+            f"{kind} UAP, p = {self.norm}, xi = {self.xi:.4g}, eps = {self.eps:.4g}, {self.mode} mode, "
+            f"{self.passes} passes in {self.seconds:.1f} s{last}"
+        )
 
 
 # --------------------------------------------------------------------------- FGSM
+
 
 def _fgsm_direction(model, x, labels, n_classes: int, step_inf, targeted):
     """Unit FGSM step (N, H, W, C) on x: up the loss of ``labels`` (down if ``targeted``).
@@ -145,6 +157,7 @@ def _fgsm_direction(model, x, labels, n_classes: int, step_inf, targeted):
 
 def _project_tf(rho, xi, ball_inf):
     """Projection onto the L_inf (``ball_inf``, a boolean tensor) or L_2 ball of radius xi."""
+
     def l2_ball():
         size = tf.norm(tf.reshape(rho, (-1,)))
         return rho * tf.minimum(1.0, xi / tf.maximum(size, 1e-12))
@@ -165,8 +178,16 @@ def _make_step(model, n_classes: int, batch=None):
     shape = tuple(model.input_shape[1:])
     flag = tf.TensorSpec((), tf.bool)
     scalar = tf.TensorSpec((), tf.float32)
-    signature = [tf.TensorSpec(shape, tf.float32), tf.TensorSpec((batch, *shape), tf.float32),
-                 tf.TensorSpec((batch,), tf.int32), scalar, scalar, flag, flag, flag]
+    signature = [
+        tf.TensorSpec(shape, tf.float32),
+        tf.TensorSpec((batch, *shape), tf.float32),
+        tf.TensorSpec((batch,), tf.int32),
+        scalar,
+        scalar,
+        flag,
+        flag,
+        flag,
+    ]
 
     @tf.function(input_signature=signature)
     def step(rho, x, goal, eps, xi, ball_inf, step_inf, targeted):
@@ -180,7 +201,9 @@ def _make_step(model, n_classes: int, batch=None):
         success = tf.where(targeted, tf.equal(new, goal), tf.not_equal(new, current))
         accept = tf.cast(tf.logical_and(active, success), rho.dtype)
         increments = (adv - x - rho) * tf.reshape(accept, (-1, 1, 1, 1))
-        return _project_tf(rho + tf.reduce_sum(increments, axis=0), xi, ball_inf), tf.reduce_sum(accept)
+        return _project_tf(rho + tf.reduce_sum(increments, axis=0), xi, ball_inf), tf.reduce_sum(
+            accept
+        )
 
     return step
 
@@ -191,7 +214,9 @@ def _make_faithful_pass(step):
     @tf.function(reduce_retracing=True)
     def one_pass(rho, images, goals, eps, xi, ball_inf, step_inf, targeted):
         for i in tf.range(tf.shape(images)[0]):
-            rho, _ = step(rho, images[i:i + 1], goals[i:i + 1], eps, xi, ball_inf, step_inf, targeted)
+            rho, _ = step(
+                rho, images[i : i + 1], goals[i : i + 1], eps, xi, ball_inf, step_inf, targeted
+            )
         return rho
 
     return one_pass
@@ -204,11 +229,15 @@ def _compiled(model, n_classes: int):
     """The compiled batch step and faithful pass for this model, traced once and reused for every setting."""
     per_model = _COMPILED.setdefault(model, {})
     if n_classes not in per_model:
-        per_model[n_classes] = (_make_step(model, n_classes), _make_faithful_pass(_make_step(model, n_classes, 1)))
+        per_model[n_classes] = (
+            _make_step(model, n_classes),
+            _make_faithful_pass(_make_step(model, n_classes, 1)),
+        )
     return per_model[n_classes]
 
 
 # --------------------------------------------------------------------------- the attack
+
 
 def _ends_in_softmax(model) -> bool:
     """True when the model's last layer applies a softmax (a Softmax layer or activation="softmax")."""
@@ -222,21 +251,29 @@ def _ends_in_softmax(model) -> bool:
 
 def _validate(model, images, target, eps, i_max, mode, batch_size):
     if is_multilabel(model):
-        raise ValueError("universal_perturbation: the model is multi-label (sigmoid outputs); UAPs here attack "
-                         "single-label (softmax) classifiers.")
+        raise ValueError(
+            "universal_perturbation: the model is multi-label (sigmoid outputs); UAPs here attack "
+            "single-label (softmax) classifiers."
+        )
     n_classes = int(model.output_shape[-1])
     if not _ends_in_softmax(model) or n_classes < 2:
         last = model.layers[-1] if model.layers else None
         activation = getattr(getattr(last, "activation", None), "__name__", type(last).__name__)
-        raise ValueError(f"model: its last layer ({activation}, {n_classes} unit(s)) is not a softmax over the "
-                         f"classes. The UAP's FGSM steps use the cross-entropy of probabilities, so the model must "
-                         f"end in a softmax with one unit per class (at least 2), as ART's attacks also require; "
-                         f"for a model that outputs logits, add keras.layers.Softmax() as its last layer.")
+        raise ValueError(
+            f"model: its last layer ({activation}, {n_classes} unit(s)) is not a softmax over the "
+            f"classes. The UAP's FGSM steps use the cross-entropy of probabilities, so the model must "
+            f"end in a softmax with one unit per class (at least 2), as ART's attacks also require; "
+            f"for a model that outputs logits, add keras.layers.Softmax() as its last layer."
+        )
     images = check_images(images, model)
     if len(images) == 0:
         raise ValueError("images is empty: give at least one image to build the UAP from.")
-    if target is not None and not (isinstance(target, (int, np.integer)) and 0 <= target < n_classes):
-        raise ValueError(f"target={target!r}: choose a class index in [0, {n_classes}), or None for non-targeted.")
+    if target is not None and not (
+        isinstance(target, (int, np.integer)) and 0 <= target < n_classes
+    ):
+        raise ValueError(
+            f"target={target!r}: choose a class index in [0, {n_classes}), or None for non-targeted."
+        )
     if not eps > 0:
         raise ValueError(f"eps={eps!r}: the FGSM step strength must be positive.")
     if i_max < 1:
@@ -250,15 +287,32 @@ def _validate(model, images, target, eps, i_max, mode, batch_size):
 
 def _rate(model, images, perturbation, reference, target) -> float:
     adversarial = predict_labels(model, apply(images, perturbation))
-    return float(np.mean(adversarial == target)) if target is not None else float(np.mean(adversarial != reference))
+    return (
+        float(np.mean(adversarial == target))
+        if target is not None
+        else float(np.mean(adversarial != reference))
+    )
 
 
-def universal_perturbation(model, images, *, zeta: float | None = None, xi: float | None = None, norm=2,
-                           eps: float = 0.005, i_max: int = 15, target: int | None = None,
-                           mode: str = "faithful", batch_size: int = 32, step_norm=np.inf,
-                           stop_at: float | None = None,
-                           init: np.ndarray | None = None, eval_images=None, seed: int = 0,
-                           progress: bool = True) -> UAPResult:
+def universal_perturbation(
+    model,
+    images,
+    *,
+    zeta: float | None = None,
+    xi: float | None = None,
+    norm=2,
+    eps: float = 0.005,
+    i_max: int = 15,
+    target: int | None = None,
+    mode: str = "faithful",
+    batch_size: int = 32,
+    step_norm=np.inf,
+    stop_at: float | None = None,
+    init: np.ndarray | None = None,
+    eval_images=None,
+    seed: int = 0,
+    progress: bool = True,
+) -> UAPResult:
     """Compute a UAP against ``model`` from ``images`` (N, H, W, C) in [0, 1].
 
     The model must end in a softmax with one unit per class (its outputs are probabilities).
@@ -281,36 +335,74 @@ def universal_perturbation(model, images, *, zeta: float | None = None, xi: floa
     images, n_classes = _validate(model, images, target, eps, i_max, mode, batch_size)
     norm_value = parse_norm(norm)
     if (zeta is None) == (xi is None):
-        raise ValueError("give exactly one of zeta (a fraction of the mean image norm) and xi (an absolute radius).")
+        raise ValueError(
+            "give exactly one of zeta (a fraction of the mean image norm) and xi (an absolute radius)."
+        )
     xi = xi_from_zeta(images, zeta, norm) if zeta is not None else float(xi)
     if not xi > 0:
         raise ValueError(f"xi={xi!r}: the radius must be positive.")
     clean = predict_labels(model, images)
     goals = np.full(len(images), target, np.int32) if target is not None else clean.astype(np.int32)
-    eval_clean = None if eval_images is None else predict_labels(model, check_images(eval_images, model, "eval_images"))
+    eval_clean = (
+        None
+        if eval_images is None
+        else predict_labels(model, check_images(eval_images, model, "eval_images"))
+    )
     if init is not None and np.shape(init) != images.shape[1:]:
-        raise ValueError(f"init has shape {np.shape(init)}; a perturbation of one image {images.shape[1:]} is needed.")
-    rho = tf.Variable(np.zeros(images.shape[1:], np.float32) if init is None else
-                      project(np.asarray(init, np.float32), xi, norm_value).astype(np.float32), trainable=False)
-    result = UAPResult(np.zeros(images.shape[1:], np.float32), norm_name(norm), xi, float(eps), target, mode, zeta=zeta)
+        raise ValueError(
+            f"init has shape {np.shape(init)}; a perturbation of one image {images.shape[1:]} is needed."
+        )
+    rho = tf.Variable(
+        np.zeros(images.shape[1:], np.float32)
+        if init is None
+        else project(np.asarray(init, np.float32), xi, norm_value).astype(np.float32),
+        trainable=False,
+    )
+    result = UAPResult(
+        np.zeros(images.shape[1:], np.float32),
+        norm_name(norm),
+        xi,
+        float(eps),
+        target,
+        mode,
+        zeta=zeta,
+    )
     step, one_pass = _compiled(model, n_classes)
-    flags = (tf.constant(norm_value == np.inf), tf.constant(parse_norm(step_norm) == np.inf),
-             tf.constant(target is not None))
+    flags = (
+        tf.constant(norm_value == np.inf),
+        tf.constant(parse_norm(step_norm) == np.inf),
+        tf.constant(target is not None),
+    )
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     from tqdm.auto import tqdm
-    bar = tqdm(range(i_max), desc=f"UAP ({mode}, p={norm_name(norm)})", unit="pass", disable=not progress)
+
+    bar = tqdm(
+        range(i_max), desc=f"UAP ({mode}, p={norm_name(norm)})", unit="pass", disable=not progress
+    )
     for _ in bar:
         order = rng.permutation(len(images))
         x, g = tf.constant(images[order]), tf.constant(goals[order])
         if mode == "faithful":
-            rho.assign(one_pass(rho, x, g, tf.constant(eps, tf.float32), tf.constant(xi, tf.float32), *flags))
+            rho.assign(
+                one_pass(
+                    rho, x, g, tf.constant(eps, tf.float32), tf.constant(xi, tf.float32), *flags
+                )
+            )
         else:
             for i in range(0, len(images), batch_size):
-                new, _ = step(rho, x[i:i + batch_size], g[i:i + batch_size], tf.constant(eps, tf.float32),
-                              tf.constant(xi, tf.float32), *flags)
+                new, _ = step(
+                    rho,
+                    x[i : i + batch_size],
+                    g[i : i + batch_size],
+                    tf.constant(eps, tf.float32),
+                    tf.constant(xi, tf.float32),
+                    *flags,
+                )
                 rho.assign(new)
-        costs.count(model, "forward", 3 * len(images))     # per image: two predictions and the FGSM step's
+        costs.count(
+            model, "forward", 3 * len(images)
+        )  # per image: two predictions and the FGSM step's
         costs.count(model, "backward", len(images))
         perturbation = rho.numpy()
         result.rates.append(_rate(model, images, perturbation, clean, target))
@@ -336,7 +428,11 @@ def evaluate(model, images, perturbation, target: int | None = None, labels=None
     images = check_images(images, model)
     clean = predict_labels(model, images)
     adversarial = predict_labels(model, apply(images, perturbation))
-    out = {"clean_pred": clean, "adv_pred": adversarial, "fooling_rate": float(np.mean(clean != adversarial))}
+    out = {
+        "clean_pred": clean,
+        "adv_pred": adversarial,
+        "fooling_rate": float(np.mean(clean != adversarial)),
+    }
     if target is not None:
         out["success_rate"] = float(np.mean(adversarial == target))
         out["success_baseline"] = float(np.mean(clean == target))
@@ -349,6 +445,7 @@ def evaluate(model, images, perturbation, target: int | None = None, labels=None
 
 # --------------------------------------------------------------------------- cache
 
+
 def array_digest(array) -> str:
     """A short hex digest (sha1, 12 characters) of an array's float32 values and shape."""
     import hashlib
@@ -359,9 +456,27 @@ def array_digest(array) -> str:
     return digest.hexdigest()[:12]
 
 
-def uap_key(model_key: str, n_images: int, *, zeta, norm, eps, i_max, target, mode, seed, source: str = "train",
-            xi: float, images_digest: str, weights_digest: str, step_norm=np.inf, batch_size: int = 32,
-            stop_at: float | None = None, init_digest: str | None = None, eval_digest: str | None = None) -> str:
+def uap_key(
+    model_key: str,
+    n_images: int,
+    *,
+    zeta,
+    norm,
+    eps,
+    i_max,
+    target,
+    mode,
+    seed,
+    source: str = "train",
+    xi: float,
+    images_digest: str,
+    weights_digest: str,
+    step_norm=np.inf,
+    batch_size: int = 32,
+    stop_at: float | None = None,
+    init_digest: str | None = None,
+    eval_digest: str | None = None,
+) -> str:
     """Cache key of a UAP: the model's key and the settings, readable, then the digests.
 
     The digests are of the model's weights (``models.weights_digest``), of the attack images,
@@ -373,19 +488,30 @@ def uap_key(model_key: str, n_images: int, *, zeta, norm, eps, i_max, target, mo
     digests = f"w{weights_digest}-x{images_digest}"
     digests += "" if init_digest is None else f"-i{init_digest}"
     digests += "" if eval_digest is None else f"-e{eval_digest}"
-    return (f"{model_key}--uap-{kind}-p{norm_name(norm)}-zeta{zeta:g}-xi{xi:.8g}-eps{eps:g}-step{norm_name(step_norm)}"
-            f"-imax{i_max}{stop}-{mode}{batch}-{source}{n_images}-seed{seed}--{digests}")
+    return (
+        f"{model_key}--uap-{kind}-p{norm_name(norm)}-zeta{zeta:g}-xi{xi:.8g}-eps{eps:g}-step{norm_name(step_norm)}"
+        f"-imax{i_max}{stop}-{mode}{batch}-{source}{n_images}-seed{seed}--{digests}"
+    )
 
 
 def save_uap(result: UAPResult, path) -> bool:
     """Write a UAP (npz: perturbation + settings + per-pass rates); an existing file is kept (False)."""
     from .config import save_npz_once
 
-    return save_npz_once(path, perturbation=result.perturbation, norm=result.norm, xi=result.xi, eps=result.eps,
-                         target=-1 if result.target is None else result.target, mode=result.mode,
-                         rates=np.asarray(result.rates), eval_rates=np.asarray(result.eval_rates),
-                         passes=result.passes, seconds=result.seconds,
-                         zeta=np.nan if result.zeta is None else result.zeta)
+    return save_npz_once(
+        path,
+        perturbation=result.perturbation,
+        norm=result.norm,
+        xi=result.xi,
+        eps=result.eps,
+        target=-1 if result.target is None else result.target,
+        mode=result.mode,
+        rates=np.asarray(result.rates),
+        eval_rates=np.asarray(result.eval_rates),
+        passes=result.passes,
+        seconds=result.seconds,
+        zeta=np.nan if result.zeta is None else result.zeta,
+    )
 
 
 def load_uap(path) -> UAPResult:
@@ -393,15 +519,43 @@ def load_uap(path) -> UAPResult:
     with np.load(path) as f:
         target = int(f["target"])
         zeta = float(f["zeta"])
-        return UAPResult(f["perturbation"], str(f["norm"]), float(f["xi"]), float(f["eps"]),
-                         None if target < 0 else target, str(f["mode"]), list(f["rates"]), list(f["eval_rates"]),
-                         int(f["passes"]), float(f["seconds"]), None if np.isnan(zeta) else zeta)
+        return UAPResult(
+            f["perturbation"],
+            str(f["norm"]),
+            float(f["xi"]),
+            float(f["eps"]),
+            None if target < 0 else target,
+            str(f["mode"]),
+            list(f["rates"]),
+            list(f["eval_rates"]),
+            int(f["passes"]),
+            float(f["seconds"]),
+            None if np.isnan(zeta) else zeta,
+        )
 
 
-def cached_uap(model, model_key: str, images, *, zeta: float, norm=2, eps: float = 0.005, i_max: int = 15,
-               target: int | None = None, mode: str = "faithful", seed: int = 0, source: str = "train",
-               norm_images=None, step_norm=np.inf, batch_size: int = 32, stop_at: float | None = None,
-               init: np.ndarray | None = None, eval_images=None, cache=None, progress: bool = True) -> UAPResult:
+def cached_uap(
+    model,
+    model_key: str,
+    images,
+    *,
+    zeta: float,
+    norm=2,
+    eps: float = 0.005,
+    i_max: int = 15,
+    target: int | None = None,
+    mode: str = "faithful",
+    seed: int = 0,
+    source: str = "train",
+    norm_images=None,
+    step_norm=np.inf,
+    batch_size: int = 32,
+    stop_at: float | None = None,
+    init: np.ndarray | None = None,
+    eval_images=None,
+    cache=None,
+    progress: bool = True,
+) -> UAPResult:
     """:func:`universal_perturbation`, saved in the course cache and reloaded by later runs.
 
     ``norm_images``: the images whose mean L_p norm sets xi = zeta x mean norm (default: ``images``;
@@ -414,18 +568,47 @@ def cached_uap(model, model_key: str, images, *, zeta: float, norm=2, eps: float
     from .models import weights_digest
 
     xi = xi_from_zeta(images if norm_images is None else norm_images, zeta, norm)
-    key = uap_key(model_key, len(images), zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target,
-                  mode=mode, seed=seed, source=source, xi=xi, images_digest=array_digest(images),
-                  weights_digest=weights_digest(model), step_norm=step_norm, batch_size=batch_size,
-                  stop_at=stop_at, init_digest=None if init is None else array_digest(init),
-                  eval_digest=None if eval_images is None else array_digest(eval_images))
+    key = uap_key(
+        model_key,
+        len(images),
+        zeta=zeta,
+        norm=norm,
+        eps=eps,
+        i_max=i_max,
+        target=target,
+        mode=mode,
+        seed=seed,
+        source=source,
+        xi=xi,
+        images_digest=array_digest(images),
+        weights_digest=weights_digest(model),
+        step_norm=step_norm,
+        batch_size=batch_size,
+        stop_at=stop_at,
+        init_digest=None if init is None else array_digest(init),
+        eval_digest=None if eval_images is None else array_digest(eval_images),
+    )
     path = Path(cache or cache_dir("uaps")) / f"{key}.npz"
     if path.exists():
         return load_uap(path)
-    result = universal_perturbation(model, images, xi=xi, norm=norm, eps=eps, i_max=i_max, target=target,
-                                    mode=mode, batch_size=batch_size, step_norm=step_norm, stop_at=stop_at,
-                                    init=init, eval_images=eval_images, seed=seed, progress=progress)
+    result = universal_perturbation(
+        model,
+        images,
+        xi=xi,
+        norm=norm,
+        eps=eps,
+        i_max=i_max,
+        target=target,
+        mode=mode,
+        batch_size=batch_size,
+        step_norm=step_norm,
+        stop_at=stop_at,
+        init=init,
+        eval_images=eval_images,
+        seed=seed,
+        progress=progress,
+    )
     result.zeta = zeta
-    if not save_uap(result, path):      # another process saved the same UAP meanwhile: use its file
+    if not save_uap(result, path):  # another process saved the same UAP meanwhile: use its file
         return load_uap(path)
     return result

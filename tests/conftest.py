@@ -9,6 +9,7 @@
 * ``smoke_pneumonia_model``: the small CNN trained once per session on pneumonia at the
   ``smoke`` scale (real data when available, else synthetic). Treat it as read-only.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,8 @@ ORIGINAL_MEDMNIST_DIR = os.environ.get("MEDMNIST_DIR")
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "keep_medmnist_dir: keep the MEDMNIST_DIR environment variable for this test")
+        "markers", "keep_medmnist_dir: keep the MEDMNIST_DIR environment variable for this test"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +40,11 @@ def isolated_course_cache(request, tmp_path, monkeypatch):
 
 
 def _find_real_medmnist_dir() -> Path | None:
-    candidates = [Path(entry.strip()) for entry in (ORIGINAL_MEDMNIST_DIR or "").split(os.pathsep)
-                  if entry.strip()]
+    candidates = [
+        Path(entry.strip())
+        for entry in (ORIGINAL_MEDMNIST_DIR or "").split(os.pathsep)
+        if entry.strip()
+    ]
     candidates.append(REPO.parent / "shared" / "data" / "medmnist")
     for folder in candidates:
         if (folder / "pneumoniamnist.npz").is_file():
@@ -70,9 +75,16 @@ def smoke_pneumonia_model(tmp_path_factory, real_medmnist_dir):
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
         patch.setenv("COURSE_CACHE_DIR", str(cache))
         patch.delenv("MEDMNIST_DIR", raising=False)
-        warnings.filterwarnings("ignore", message=".*MD5.*")   # the shared copy is re-packaged
-        splits = data.load_for_scale("pneumonia", preset, seed=0, root=real_medmnist_dir,
-                                     source="real" if real_medmnist_dir else "synthetic", verbose=False)
-        trained = training.get_or_train(splits, "small_cnn", preset, seed=0, cache=cache / "models",
-                                        verbose=False)
+        warnings.filterwarnings("ignore", message=".*MD5.*")  # the shared copy is re-packaged
+        splits = data.load_for_scale(
+            "pneumonia",
+            preset,
+            seed=0,
+            root=real_medmnist_dir,
+            source="real" if real_medmnist_dir else "synthetic",
+            verbose=False,
+        )
+        trained = training.get_or_train(
+            splits, "small_cnn", preset, seed=0, cache=cache / "models", verbose=False
+        )
     return splits, trained

@@ -19,6 +19,7 @@ bullet does not cover the next. A number typed into the prose from some earlier 
 an attribution nor a setting word next to it, and fails with the chapter and the offending text.
 The rule is deliberately simple: it only looks at percentages, the form most results take here.
 """
+
 import json
 import re
 from pathlib import Path
@@ -29,11 +30,22 @@ CHAPTERS = sorted((Path(__file__).resolve().parents[1] / "chapters").glob("*.ipy
 
 PERCENT = re.compile(r"\d(?:[\d.,]*\d)?[ \u00a0\u202f]?\\?%")
 GLUE_ROLE = re.compile(r"\{glue(?::[a-z]+)?\}`([^`]*)`")
-ATTRIBUTION = ("paper", "Paper", "Table", "Fig.", "{cite", "their ", "authors", "Hirano", "Minagi", "Tsai")
+ATTRIBUTION = (
+    "paper",
+    "Paper",
+    "Table",
+    "Fig.",
+    "{cite",
+    "their ",
+    "authors",
+    "Hirano",
+    "Minagi",
+    "Tsai",
+)
 SETTING_BEFORE = ("ζ", "\\zeta", "zeta", "early", "≥")
 SETTING_AFTER = ("shifts", "of the epochs")
 SETTING_PHRASES = ("1 % of its candidates",)
-BEFORE, AFTER = 20, 25          # "a few characters" around the percentage
+BEFORE, AFTER = 20, 25  # "a few characters" around the percentage
 LIST_ITEM = re.compile(r"^\s*(?:[*-]|\d+\.)\s")
 
 
@@ -70,9 +82,11 @@ def unexplained_percentages(unit: str) -> list[str]:
     for hit in PERCENT.finditer(text):
         if hit.start() in protected:
             continue
-        before = text[max(0, hit.start() - BEFORE):hit.start()]
-        after = text[hit.end():hit.end() + AFTER]
-        if any(word in before for word in SETTING_BEFORE) or any(word in after for word in SETTING_AFTER):
+        before = text[max(0, hit.start() - BEFORE) : hit.start()]
+        after = text[hit.end() : hit.end() + AFTER]
+        if any(word in before for word in SETTING_BEFORE) or any(
+            word in after for word in SETTING_AFTER
+        ):
             continue
         bad.append(hit.group())
     return bad
@@ -84,7 +98,11 @@ def test_the_rule_itself():
     assert unexplained_percentages("At ζ = 4 % the UAP is small.") == []
     assert unexplained_percentages("random 5 % shifts, steps at 80 % / 90 % of the epochs") == []
     assert unexplained_percentages("this run: {glue:text}`rate_before:.0%` before") == []
-    assert units("* one 5 % (paper 000)\n* two 7 %\n\nthree") == ["* one 5 % (paper 000)", "* two 7 %", "three"]
+    assert units("* one 5 % (paper 000)\n* two 7 %\n\nthree") == [
+        "* one 5 % (paper 000)",
+        "* two 7 %",
+        "three",
+    ]
 
 
 @pytest.mark.skipif(not CHAPTERS, reason="chapters/ has no notebooks yet")
@@ -96,14 +114,26 @@ def test_percentages_in_prose_are_attributed_settings_or_glued(path):
             bad = unexplained_percentages(unit)
             if bad:
                 problems.append(f"{', '.join(bad)} in: {' '.join(unit.split())[:300]}")
-    assert not problems, (f"{path.name}: percentages that are neither a paper's (attributed), a setting, "
-                          "nor glued from this run:\n" + "\n".join(problems))
+    assert not problems, (
+        f"{path.name}: percentages that are neither a paper's (attributed), a setting, "
+        "nor glued from this run:\n" + "\n".join(problems)
+    )
 
 
 @pytest.mark.skipif(not CHAPTERS, reason="chapters/ has no notebooks yet")
 @pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
 def test_every_glue_role_has_its_glue_call(path):
     code = "\n".join(_cells(path, "code"))
-    used = {role.split(":")[0].strip() for md in _cells(path, "markdown") for role in GLUE_ROLE.findall(md)}
-    missing = sorted(key for key in used if not re.search(r"""glue\(\s*["']""" + re.escape(key) + r"""["']""", code))
-    assert not missing, f"{path.name}: glue roles without a glue(...) call in a code cell: {missing}"
+    used = {
+        role.split(":")[0].strip()
+        for md in _cells(path, "markdown")
+        for role in GLUE_ROLE.findall(md)
+    }
+    missing = sorted(
+        key
+        for key in used
+        if not re.search(r"""glue\(\s*["']""" + re.escape(key) + r"""["']""", code)
+    )
+    assert not missing, (
+        f"{path.name}: glue roles without a glue(...) call in a code cell: {missing}"
+    )

@@ -12,6 +12,7 @@ five rounds of adversarial retraining against UAPs targeted to PNEUMONIA (paper 
 zeta = 2 %, p = 2) must keep the clean test accuracy and leave R_s lower than before (about two
 minutes).
 """
+
 import os
 import warnings
 from pathlib import Path
@@ -33,9 +34,12 @@ def cpu_pneumonia(tmp_path_factory, real_medmnist_dir):
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
         patch.setenv("COURSE_CACHE_DIR", str(cache))
         warnings.filterwarnings("ignore", message=".*MD5.*")
-        splits = data.load_for_scale("pneumonia", preset, seed=0, root=real_medmnist_dir, source="real",
-                                     verbose=False)
-        trained = training.get_or_train(splits, "small_cnn", preset, seed=0, cache=cache / "models", verbose=False)
+        splits = data.load_for_scale(
+            "pneumonia", preset, seed=0, root=real_medmnist_dir, source="real", verbose=False
+        )
+        trained = training.get_or_train(
+            splits, "small_cnn", preset, seed=0, cache=cache / "models", verbose=False
+        )
     return preset, splits, trained.model
 
 
@@ -47,28 +51,45 @@ def test_cpu_model_reaches_85_percent(cpu_pneumonia):
 
 def test_cpu_uap_fools_far_more_than_random(cpu_pneumonia):
     preset, splits, model = cpu_pneumonia
-    attack = splits["train"].images[:preset.uap_images]
-    result = uap.universal_perturbation(model, attack, zeta=0.04, norm=2, eps=preset.uap_eps,
-                                        i_max=preset.uap_i_max, progress=False)
+    attack = splits["train"].images[: preset.uap_images]
+    result = uap.universal_perturbation(
+        model, attack, zeta=0.04, norm=2, eps=preset.uap_eps, i_max=preset.uap_i_max, progress=False
+    )
     test = splits["test"].images
     fooled = uap.evaluate(model, test, result.perturbation)["fooling_rate"]
-    control = uap.evaluate(model, test, uap.random_perturbation(test.shape[1:], result.xi, 2))["fooling_rate"]
+    control = uap.evaluate(model, test, uap.random_perturbation(test.shape[1:], result.xi, 2))[
+        "fooling_rate"
+    ]
     assert fooled >= 0.10 and fooled >= 5 * max(control, 0.01)
 
 
 @pytest.mark.parametrize("target", [0, 1])
 def test_cpu_targeted_uap_lifts_success_above_baseline(cpu_pneumonia, target):
     preset, splits, model = cpu_pneumonia
-    attack = splits["train"].images[:preset.uap_images]
-    result = uap.universal_perturbation(model, attack, zeta=0.04, norm=2, eps=preset.uap_eps,
-                                        i_max=preset.uap_i_max, target=target, progress=False)
+    attack = splits["train"].images[: preset.uap_images]
+    result = uap.universal_perturbation(
+        model,
+        attack,
+        zeta=0.04,
+        norm=2,
+        eps=preset.uap_eps,
+        i_max=preset.uap_i_max,
+        target=target,
+        progress=False,
+    )
     scores = uap.evaluate(model, splits["test"].images, result.perturbation, target=target)
     assert scores["success_rate"] >= scores["success_baseline"] + 0.10
 
 
 def _natural_photo_folder():
     """$NATURAL_IMAGES_DIR or ../shared's ImageNet samples when present; else None (scikit-image photos)."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "natural" / "imagenet-sample-images"
+    shared = (
+        Path(__file__).resolve().parents[2]
+        / "shared"
+        / "data"
+        / "natural"
+        / "imagenet-sample-images"
+    )
     for folder in (os.environ.get(natural.ENV_NATURAL_DIR), shared):
         if folder and Path(folder).is_dir():
             return folder
@@ -77,13 +98,20 @@ def _natural_photo_folder():
 
 def test_cpu_natural_image_uap_fools_far_more_than_random(cpu_pneumonia):
     preset, splits, model = cpu_pneumonia
-    photos, _ = natural.natural_images(28, 1, count=preset.natural_images, folder=_natural_photo_folder())
+    photos, _ = natural.natural_images(
+        28, 1, count=preset.natural_images, folder=_natural_photo_folder()
+    )
     test = splits["test"].images
-    xi = uap.xi_from_zeta(splits["train"].images, 0.04, 2)     # the size of a training-image UAP at 4 %
-    result, log = natural.uap_in_chunks(model, photos, xi=xi, eval_images=test, chunk=preset.natural_chunk,
-                                        eps=preset.uap_eps)
+    xi = uap.xi_from_zeta(
+        splits["train"].images, 0.04, 2
+    )  # the size of a training-image UAP at 4 %
+    result, log = natural.uap_in_chunks(
+        model, photos, xi=xi, eval_images=test, chunk=preset.natural_chunk, eps=preset.uap_eps
+    )
     fooled = uap.evaluate(model, test, result.perturbation)["fooling_rate"]
-    control = uap.evaluate(model, test, uap.random_perturbation(test.shape[1:], xi, 2))["fooling_rate"]
+    control = uap.evaluate(model, test, uap.random_perturbation(test.shape[1:], xi, 2))[
+        "fooling_rate"
+    ]
     assert len(log) == -(-len(photos) // preset.natural_chunk)
     assert fooled >= 0.10 and fooled >= 5 * max(control, 0.01)
 
@@ -92,7 +120,12 @@ def test_cpu_pixel_attack_finds_adversarial_pixels_random_pixels_rarely(cpu_pneu
     preset, splits, model = cpu_pneumonia
     chosen = pixel.images_per_class(model, splits["test"], preset.pixel_images_per_class, seed=0)
     images = splits["test"].images[np.concatenate(list(chosen.values()))]
-    settings = dict(population=preset.pixel_population, generations=preset.pixel_generations, seed=0, progress=False)
+    settings = dict(
+        population=preset.pixel_population,
+        generations=preset.pixel_generations,
+        seed=0,
+        progress=False,
+    )
     one = pixel.pixel_attack(model, images, pixels=1, **settings)
     three = pixel.pixel_attack(model, images, pixels=3, **settings)
     control = pixel.random_pixels(model, images, pixels=3, tries=preset.pixel_population, seed=0)
@@ -106,16 +139,30 @@ def test_cpu_pixel_attack_finds_adversarial_pixels_random_pixels_rarely(cpu_pneu
 
 def test_cpu_retraining_lowers_targeted_success_and_keeps_accuracy(cpu_pneumonia, tmp_path):
     preset, splits, model = cpu_pneumonia
-    key = training.model_key("pneumonia", "real", preset.image_size, "small_cnn", None, preset.name, 0)
+    key = training.model_key(
+        "pneumonia", "real", preset.image_size, "small_cnn", None, preset.name, 0
+    )
     target = splits["test"].info.short_names.index("PNEUMONIA")
     run = retrain.adversarial_retraining(
-        training.TrainedModel(model, key, tmp_path, {}), splits, zeta=0.02, norm=2, target=target,
-        eps=preset.uap_eps, rounds=preset.retrain_rounds, uaps_per_round=preset.retrain_uaps,
-        epochs=preset.retrain_epochs, attack_images=preset.uap_images, i_max=preset.uap_i_max,
-        eval_images=preset.eval_images, seed=0, cache=tmp_path, progress=False)
+        training.TrainedModel(model, key, tmp_path, {}),
+        splits,
+        zeta=0.02,
+        norm=2,
+        target=target,
+        eps=preset.uap_eps,
+        rounds=preset.retrain_rounds,
+        uaps_per_round=preset.retrain_uaps,
+        epochs=preset.retrain_epochs,
+        attack_images=preset.uap_images,
+        i_max=preset.uap_i_max,
+        eval_images=preset.eval_images,
+        seed=0,
+        cache=tmp_path,
+        progress=False,
+    )
     table = run.table
     before, after = table.iloc[0], table.iloc[-1]
     assert list(table["round"]) == list(range(preset.retrain_rounds + 1)) == [0, 1, 2, 3, 4, 5]
-    assert before["rate"] > before["baseline"]                      # the UAP works before retraining
+    assert before["rate"] > before["baseline"]  # the UAP works before retraining
     assert (table["clean test accuracy"] - before["clean test accuracy"]).abs().max() <= 0.05
     assert after["rate"] < before["rate"]

@@ -1,4 +1,5 @@
 """MedMNIST loading without the network, the papers' sampling, and the synthetic stand-ins."""
+
 import dataclasses
 import hashlib
 import http.client
@@ -11,8 +12,16 @@ import numpy as np
 import pytest
 
 from helpers import data
-from helpers.data import (DataUnavailableError, MedDataset, cap, class_balanced, get_info, load,
-                          load_for_scale, oversample)
+from helpers.data import (
+    DataUnavailableError,
+    MedDataset,
+    cap,
+    class_balanced,
+    get_info,
+    load,
+    load_for_scale,
+    oversample,
+)
 from helpers.scales import get_preset
 from helpers.synthetic import make_synthetic
 
@@ -20,6 +29,7 @@ SPLIT_SIZES = {"train": 30, "val": 12, "test": 18}
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def write_fake_npz(folder, name="pneumonia", sizes=SPLIT_SIZES, seed=0, skip_split=None):
     """A small MedMNIST-like npz (uint8 images, labels as MedMNIST stores them); returns its path."""
@@ -32,7 +42,9 @@ def write_fake_npz(folder, name="pneumonia", sizes=SPLIT_SIZES, seed=0, skip_spl
         shape = (count, 28, 28) if info.channels == 1 else (count, 28, 28, 3)
         arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
         if info.multilabel:
-            arrays[f"{split}_labels"] = rng.integers(0, 2, size=(count, info.n_classes), dtype=np.uint8)
+            arrays[f"{split}_labels"] = rng.integers(
+                0, 2, size=(count, info.n_classes), dtype=np.uint8
+            )
         else:
             labels = np.arange(count) % info.n_classes
             arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
@@ -72,6 +84,7 @@ def serve(monkeypatch):
         def urlopen(url, *args, **kwargs):
             requested.append(url)
             return FakeResponse(payload)
+
         monkeypatch.setattr(urllib.request, "urlopen", urlopen)
         return requested
 
@@ -91,11 +104,21 @@ def origins(dataset):
 
 # --------------------------------------------------------------------------- get_info
 
-@pytest.mark.parametrize("alias, key", [
-    ("pneumonia", "pneumonia"), ("PneumoniaMNIST", "pneumonia"), ("chest_xray", "pneumonia"),
-    ("octmnist", "oct"), ("OCT", "oct"), ("dermamnist", "derma"), ("skin", "derma"),
-    ("chestmnist", "chest"), ("chest", "chest"),
-])
+
+@pytest.mark.parametrize(
+    "alias, key",
+    [
+        ("pneumonia", "pneumonia"),
+        ("PneumoniaMNIST", "pneumonia"),
+        ("chest_xray", "pneumonia"),
+        ("octmnist", "oct"),
+        ("OCT", "oct"),
+        ("dermamnist", "derma"),
+        ("skin", "derma"),
+        ("chestmnist", "chest"),
+        ("chest", "chest"),
+    ],
+)
 def test_get_info_resolves_aliases(alias, key):
     assert get_info(alias).key == key
 
@@ -131,15 +154,21 @@ def test_filenames_and_urls():
 
 # --------------------------------------------------------------------------- load: arguments, offline
 
-@pytest.mark.parametrize("kwargs, parameter", [
-    ({"split": "training"}, "split="), ({"split": "valid"}, "split="),
-    ({"size": 32}, "size="), ({"size": "28"}, "size="),
-    ({"source": "web"}, "source="),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, parameter",
+    [
+        ({"split": "training"}, "split="),
+        ({"split": "valid"}, "split="),
+        ({"size": 32}, "size="),
+        ({"size": "28"}, "size="),
+        ({"source": "web"}, "source="),
+    ],
+)
 def test_load_rejects_bad_arguments_naming_them(kwargs, parameter, offline):
     with pytest.raises(ValueError, match=parameter):
         load("pneumonia", **kwargs)
-    assert offline == []     # rejected before any download attempt
+    assert offline == []  # rejected before any download attempt
 
 
 def test_offline_real_source_says_what_to_download_and_where(offline, isolated_course_cache):
@@ -151,7 +180,7 @@ def test_offline_real_source_says_what_to_download_and_where(offline, isolated_c
     assert str(isolated_course_cache / "medmnist") in message
     assert "MEDMNIST_DIR" in message
     assert offline == [get_info("oct").url(28)]
-    assert not list((isolated_course_cache / "medmnist").iterdir())   # no .part left behind
+    assert not list((isolated_course_cache / "medmnist").iterdir())  # no .part left behind
 
 
 def test_offline_auto_with_allow_synthetic_returns_loud_synthetic_data(offline, capsys):
@@ -182,6 +211,7 @@ def test_requested_synthetic_is_quiet_when_not_verbose(offline, capsys):
 
 
 # --------------------------------------------------------------------------- load: local files
+
 
 def test_local_npz_loads_as_float_images_and_int_labels(tmp_path, offline):
     path = write_fake_npz(tmp_path / "mine")
@@ -247,22 +277,30 @@ def test_corrupt_npz_names_the_file_and_its_url(tmp_path, offline):
 
 def test_npz_without_the_split_is_rejected(tmp_path):
     path = write_fake_npz(tmp_path, skip_split="test")
-    with pytest.warns(UserWarning, match="MD5"), pytest.raises(ValueError, match="test_images") as error:
+    with (
+        pytest.warns(UserWarning, match="MD5"),
+        pytest.raises(ValueError, match="test_images") as error,
+    ):
         load("pneumonia", "test", root=tmp_path)
     assert str(path) in str(error.value)
 
 
-@pytest.mark.parametrize("name, shape, labels", [
-    ("pneumonia", (6, 28, 28, 3), (6, 1)),      # RGB images in a greyscale dataset's file
-    ("derma", (6, 28, 28), (6, 1)),             # greyscale images in a colour dataset's file
-    ("pneumonia", (6, 64, 64), (6, 1)),         # 64 px images in the 28 px file
-    ("chest", (6, 28, 28), (6, 1)),             # one label per image for a 14-finding dataset
-    ("oct", (6, 28, 28), (5, 1)),               # fewer labels than images
-])
+@pytest.mark.parametrize(
+    "name, shape, labels",
+    [
+        ("pneumonia", (6, 28, 28, 3), (6, 1)),  # RGB images in a greyscale dataset's file
+        ("derma", (6, 28, 28), (6, 1)),  # greyscale images in a colour dataset's file
+        ("pneumonia", (6, 64, 64), (6, 1)),  # 64 px images in the 28 px file
+        ("chest", (6, 28, 28), (6, 1)),  # one label per image for a 14-finding dataset
+        ("oct", (6, 28, 28), (5, 1)),  # fewer labels than images
+    ],
+)
 def test_npz_whose_arrays_do_not_fit_the_dataset_is_rejected(tmp_path, name, shape, labels):
     info = get_info(name)
     arrays = {f"{split}_images": np.zeros(shape, np.uint8) for split in ("train", "val", "test")}
-    arrays.update({f"{split}_labels": np.zeros(labels, np.uint8) for split in ("train", "val", "test")})
+    arrays.update(
+        {f"{split}_labels": np.zeros(labels, np.uint8) for split in ("train", "val", "test")}
+    )
     path = tmp_path / info.filename(28)
     np.savez(path, **arrays)
     with pytest.warns(UserWarning, match="MD5"), pytest.raises(ValueError) as error:
@@ -275,19 +313,27 @@ def test_npz_whose_arrays_do_not_fit_the_dataset_is_rejected(tmp_path, name, sha
 @pytest.fixture
 def no_download(monkeypatch):
     """data.download fails the test if called."""
+
     def download(*args, **kwargs):
         raise AssertionError("downloaded although a file was in the cache")
+
     monkeypatch.setattr(data, "download", download)
 
 
-def test_readers_copy_in_the_cache_is_kept_used_and_warned_about(isolated_course_cache, no_download):
-    cached = write_fake_npz(isolated_course_cache / "medmnist")      # a re-packaged copy: not the official MD5
+def test_readers_copy_in_the_cache_is_kept_used_and_warned_about(
+    isolated_course_cache, no_download
+):
+    cached = write_fake_npz(
+        isolated_course_cache / "medmnist"
+    )  # a re-packaged copy: not the official MD5
     before = cached.read_bytes()
     with pytest.warns(UserWarning, match=r"MD5 differs.*using it anyway") as caught:
         train = load("pneumonia", "train", source="real")
     assert str(cached) in str(caught[0].message)
-    assert not train.synthetic and train.source == str(cached) and len(train) == SPLIT_SIZES["train"]
-    assert cached.read_bytes() == before                              # kept as it was
+    assert (
+        not train.synthetic and train.source == str(cached) and len(train) == SPLIT_SIZES["train"]
+    )
+    assert cached.read_bytes() == before  # kept as it was
 
 
 def test_corrupt_file_in_the_cache_is_kept_and_named(isolated_course_cache, no_download):
@@ -296,11 +342,14 @@ def test_corrupt_file_in_the_cache_is_kept_and_named(isolated_course_cache, no_d
     cached.write_bytes(b"half a download")
     with pytest.warns(UserWarning, match="MD5"), pytest.raises(ValueError) as error:
         load("pneumonia", "train", source="real")
-    assert f"Delete {cached} " in str(error.value) and get_info("pneumonia").url(28) in str(error.value)
-    assert cached.read_bytes() == b"half a download"                  # the reader deletes it, not the course
+    assert f"Delete {cached} " in str(error.value) and get_info("pneumonia").url(28) in str(
+        error.value
+    )
+    assert cached.read_bytes() == b"half a download"  # the reader deletes it, not the course
 
 
 # --------------------------------------------------------------------------- download
+
 
 def _with_md5(name, payload):
     info = get_info(name)
@@ -318,15 +367,17 @@ def test_download_verifies_md5_and_lands_in_the_cache(tmp_path, serve, isolated_
     assert sorted(p.name for p in path.parent.iterdir()) == ["pneumoniamnist.npz"]
 
 
-def test_load_downloads_a_missing_file_once_then_uses_the_cache(tmp_path, serve, monkeypatch, recwarn):
+def test_load_downloads_a_missing_file_once_then_uses_the_cache(
+    tmp_path, serve, monkeypatch, recwarn
+):
     payload = write_fake_npz(tmp_path / "upstream").read_bytes()
     requested = serve(payload)
     monkeypatch.setitem(data.DATASETS, "pneumonia", _with_md5("pneumonia", payload))
     train = load("pneumonia", "train", source="real")
     test = load("pneumonia", "test", source="real")
     assert (len(train), len(test)) == (30, 18) and not train.synthetic
-    assert len(requested) == 1                            # the second split came from the cache
-    assert not [w for w in recwarn if "MD5" in str(w.message)]   # the official file: no warning
+    assert len(requested) == 1  # the second split came from the cache
+    assert not [w for w in recwarn if "MD5" in str(w.message)]  # the official file: no warning
 
 
 class BrokenResponse(FakeResponse):
@@ -339,7 +390,8 @@ class BrokenResponse(FakeResponse):
 
 
 def test_broken_connection_gives_the_offline_message_and_leaves_nothing_behind(
-        monkeypatch, isolated_course_cache):
+    monkeypatch, isolated_course_cache
+):
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: BrokenResponse(b"x" * 100))
     with pytest.raises(DataUnavailableError, match="IncompleteRead") as error:
         data.download(get_info("pneumonia"), 28)
@@ -366,13 +418,13 @@ def test_class_balanced_takes_min_of_per_class_and_available_without_duplicates(
     np.testing.assert_array_equal(sample.class_counts(), [20, 20, 5, 20])
     ids = origins(sample)
     assert len(set(ids)) == len(ids) == 65
-    np.testing.assert_array_equal(sample.labels, dataset.labels[ids])      # images keep their labels
-    assert not np.all(np.diff(sample.labels) >= 0)                          # shuffled, not class by class
+    np.testing.assert_array_equal(sample.labels, dataset.labels[ids])  # images keep their labels
+    assert not np.all(np.diff(sample.labels) >= 0)  # shuffled, not class by class
     np.testing.assert_array_equal(class_balanced(dataset, 20, seed=1).images, sample.images)
 
 
 def test_cap_keeps_proportions_and_never_exceeds_the_cap():
-    dataset = toy_dataset(LABELS)                          # 180 images: 30/100/5/45
+    dataset = toy_dataset(LABELS)  # 180 images: 30/100/5/45
     for limit in (50, 90, 179):
         sample = cap(dataset, limit, seed=0)
         ids = origins(sample)
@@ -386,7 +438,9 @@ def test_cap_keeps_proportions_and_never_exceeds_the_cap():
 def test_cap_on_multilabel_data():
     info = get_info("chest")
     labels = (np.arange(100)[:, None] % 3 == np.arange(14)[None] % 3).astype(np.uint8)
-    dataset = MedDataset(info, "train", np.arange(100, dtype=np.float32).reshape(-1, 1, 1, 1), labels)
+    dataset = MedDataset(
+        info, "train", np.arange(100, dtype=np.float32).reshape(-1, 1, 1, 1), labels
+    )
     sample = cap(dataset, 40, seed=0)
     ids = origins(sample)
     assert len(sample) == 40 and len(set(ids)) == 40
@@ -398,11 +452,11 @@ def test_oversample_equalises_counts_by_repeating_existing_images():
     sample = oversample(dataset, seed=0)
     np.testing.assert_array_equal(sample.class_counts(), [100, 100, 100, 100])
     ids = origins(sample)
-    assert set(ids) == set(range(180))                      # every original image kept
+    assert set(ids) == set(range(180))  # every original image kept
     np.testing.assert_array_equal(sample.labels, dataset.labels[ids])
     repeats = np.bincount(ids, minlength=180)
-    assert np.all(repeats[30:130] == 1)                      # the largest class is not repeated
-    assert repeats[130:135].sum() == 100 and repeats[130:135].min() >= 1   # 5 images -> 100
+    assert np.all(repeats[30:130] == 1)  # the largest class is not repeated
+    assert repeats[130:135].sum() == 100 and repeats[130:135].min() >= 1  # 5 images -> 100
 
 
 def test_oversample_marks_its_copies_and_draws_come_from_the_split_as_stored():
@@ -411,15 +465,18 @@ def test_oversample_marks_its_copies_and_draws_come_from_the_split_as_stored():
     ids = origins(sample)
     assert sample.duplicate.sum() == len(sample) - 180
     originals = ids[sample.distinct()]
-    assert sorted(originals) == list(range(180))              # every stored image exactly once
+    assert sorted(originals) == list(range(180))  # every stored image exactly once
     for seed in range(3):
         images, index = data.draw_distinct(sample, 150, np.random.default_rng(seed))
         assert len(set(ids[index])) == 150 and not sample.duplicate[index].any()
         np.testing.assert_array_equal(images, sample.images[index])
     images, index = data.draw_distinct(sample, 10_000, np.random.default_rng(0))
-    assert len(index) == 180                                  # at most the distinct images
+    assert len(index) == 180  # at most the distinct images
     plain = toy_dataset(LABELS)
-    assert plain.duplicate is None and len(data.draw_distinct(plain, 500, np.random.default_rng(0))[1]) == 180
+    assert (
+        plain.duplicate is None
+        and len(data.draw_distinct(plain, 500, np.random.default_rng(0))[1]) == 180
+    )
 
 
 def test_load_for_scale_keeps_the_oversampling_marks_through_the_caps():
@@ -427,7 +484,7 @@ def test_load_for_scale_keeps_the_oversampling_marks_through_the_caps():
     train = splits["train"]
     assert train.duplicate is not None and train.duplicate.any() and (~train.duplicate).sum() >= 100
     distinct = train.images[train.distinct()].reshape(len(train.distinct()), -1)
-    assert len(np.unique(distinct, axis=0)) == len(distinct)               # no image twice
+    assert len(np.unique(distinct, axis=0)) == len(distinct)  # no image twice
     assert splits["test"].duplicate is None
 
 
@@ -435,8 +492,8 @@ def test_multilabel_training_set_has_no_image_without_a_finding_as_paper_004():
     smoke = get_preset("smoke")
     splits = load_for_scale("chest", smoke, seed=0, source="synthetic", verbose=False)
     assert splits["train"].labels.any(axis=1).all()
-    assert len(splits["train"]) == smoke.max_train                           # still the full budget
-    assert not splits["test"].labels.any(axis=1).all()                        # the test set keeps its normals
+    assert len(splits["train"]) == smoke.max_train  # still the full budget
+    assert not splits["test"].labels.any(axis=1).all()  # the test set keeps its normals
 
 
 def test_oversample_skips_absent_classes():
@@ -453,7 +510,7 @@ def test_single_label_samplers_reject_multilabel_data(sampler):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_load_for_scale_balances_pneumonia_as_the_papers(seed):
-    smoke = get_preset("smoke")                # 400 / 150 per class (paper: 900 / 270)
+    smoke = get_preset("smoke")  # 400 / 150 per class (paper: 900 / 270)
     splits = load_for_scale("pneumonia", smoke, seed=seed, source="synthetic", verbose=False)
     assert set(splits) == {"train", "val", "test"}
     np.testing.assert_array_equal(splits["train"].class_counts(), [400, 400])
@@ -461,12 +518,14 @@ def test_load_for_scale_balances_pneumonia_as_the_papers(seed):
     assert len(splits["val"]) <= smoke.max_test
     assert all(s.synthetic and s.images.shape[1:] == (28, 28, 1) for s in splits.values())
     ids = [img.tobytes() for img in splits["train"].images]
-    assert len(set(ids)) == len(ids)               # balanced by subsampling, not by repetition
+    assert len(set(ids)) == len(ids)  # balanced by subsampling, not by repetition
 
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_load_for_scale_balances_oct(seed):
-    splits = load_for_scale("oct", get_preset("smoke"), seed=seed, source="synthetic", verbose=False)
+    splits = load_for_scale(
+        "oct", get_preset("smoke"), seed=seed, source="synthetic", verbose=False
+    )
     np.testing.assert_array_equal(splits["train"].class_counts(), [400] * 4)
     np.testing.assert_array_equal(splits["test"].class_counts(), [150] * 4)
 
@@ -476,14 +535,18 @@ def test_load_for_scale_oversamples_derma_within_max_train():
     splits = load_for_scale("derma", smoke, seed=0, source="synthetic", verbose=False)
     counts = splits["train"].class_counts()
     assert len(splits["train"]) <= smoke.max_train
-    assert counts.max() - counts.min() <= 2 and counts.min() > 0         # balanced
+    assert counts.max() - counts.min() <= 2 and counts.min() > 0  # balanced
     test_counts = splits["test"].class_counts()
-    assert test_counts[5] > 5 * test_counts[3] and len(splits["test"]) <= smoke.max_test  # test stays imbalanced
+    assert (
+        test_counts[5] > 5 * test_counts[3] and len(splits["test"]) <= smoke.max_test
+    )  # test stays imbalanced
 
 
 def test_load_for_scale_accepts_a_scale_name():
     by_name = load_for_scale("oct", "smoke", seed=1, source="synthetic", verbose=False)
-    by_preset = load_for_scale("oct", get_preset("smoke"), seed=1, source="synthetic", verbose=False)
+    by_preset = load_for_scale(
+        "oct", get_preset("smoke"), seed=1, source="synthetic", verbose=False
+    )
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(by_name[split].labels, by_preset[split].labels)
         np.testing.assert_array_equal(by_name[split].images, by_preset[split].images)
@@ -508,26 +571,34 @@ def test_load_for_scale_keeps_one_stored_copy_of_the_sampled_images(tmp_path, mo
 
     monkeypatch.setattr(data, "to_unit_float", spy)
     splits = load_for_scale("oct", preset, seed=4, root=tmp_path, source="real", verbose=False)
-    assert converted == []                                 # nothing becomes float32 until it is read
+    assert converted == []  # nothing becomes float32 until it is read
     for split, sample in splits.items():
-        assert sample.stored.dtype == np.uint8 and len(sample.stored) == len(np.unique(sample.index))
+        assert sample.stored.dtype == np.uint8 and len(sample.stored) == len(
+            np.unique(sample.index)
+        )
         assert sample.images.dtype == np.float32 and sample.images.max() <= 1.0
-        full = load("oct", split, root=tmp_path)          # the same sample as from the whole split
-        sampler = {"train": lambda d: data._sample_train(d, preset, 4),
-                   "val": lambda d: cap(d, preset.max_test, 5),
-                   "test": lambda d: data._sample_test(d, preset, 6)}[split]
+        full = load("oct", split, root=tmp_path)  # the same sample as from the whole split
+        sampler = {
+            "train": lambda d: data._sample_train(d, preset, 4),
+            "val": lambda d: cap(d, preset.max_test, 5),
+            "test": lambda d: data._sample_test(d, preset, 6),
+        }[split]
         expected = sampler(full)
         np.testing.assert_array_equal(sample.images, expected.images)
         np.testing.assert_array_equal(sample.labels, expected.labels)
 
 
 def test_load_for_scale_prints_one_banner_per_dataset(capsys):
-    load_for_scale("pneumonia", get_preset("smoke", max_test=50, test_per_class=20, train_per_class=20),
-                   source="synthetic")
+    load_for_scale(
+        "pneumonia",
+        get_preset("smoke", max_test=50, test_per_class=20, train_per_class=20),
+        source="synthetic",
+    )
     assert capsys.readouterr().out.count("SYNTHETIC STAND-IN") == 1
 
 
 # --------------------------------------------------------------------------- synthetic
+
 
 def test_synthetic_is_deterministic():
     info = get_info("oct")
@@ -539,17 +610,30 @@ def test_synthetic_is_deterministic():
 def test_synthetic_seed_changes_images_not_class_patterns():
     info = get_info("pneumonia")
     a, b = (make_synthetic(info, "train", 28, seed=seed, count=1500) for seed in (0, 1))
-    assert np.abs(a.images - b.images).mean() > 0.02                     # different images
-    contrasts = [(d.images[d.labels == 1].mean(0) - d.images[d.labels == 0].mean(0)).ravel() for d in (a, b)]
-    assert np.corrcoef(contrasts)[0, 1] > 0.9        # same class pattern for both seeds
+    assert np.abs(a.images - b.images).mean() > 0.02  # different images
+    contrasts = [
+        (d.images[d.labels == 1].mean(0) - d.images[d.labels == 0].mean(0)).ravel() for d in (a, b)
+    ]
+    assert np.corrcoef(contrasts)[0, 1] > 0.9  # same class pattern for both seeds
     other = make_synthetic(get_info("oct"), "train", 28, seed=0, count=1500)
-    oct_contrast = (other.images[other.labels == 1].mean(0) - other.images[other.labels == 0].mean(0)).ravel()
-    assert abs(np.corrcoef(contrasts[0], oct_contrast)[0, 1]) < 0.5   # but not the same for every dataset
+    oct_contrast = (
+        other.images[other.labels == 1].mean(0) - other.images[other.labels == 0].mean(0)
+    ).ravel()
+    assert (
+        abs(np.corrcoef(contrasts[0], oct_contrast)[0, 1]) < 0.5
+    )  # but not the same for every dataset
 
 
-@pytest.mark.parametrize("name, channels, size", [
-    ("pneumonia", 1, 28), ("oct", 1, 28), ("derma", 3, 28), ("chest", 1, 28), ("derma", 3, 64),
-])
+@pytest.mark.parametrize(
+    "name, channels, size",
+    [
+        ("pneumonia", 1, 28),
+        ("oct", 1, 28),
+        ("derma", 3, 28),
+        ("chest", 1, 28),
+        ("derma", 3, 64),
+    ],
+)
 def test_synthetic_shapes_dtypes_ranges(name, channels, size):
     info = get_info(name)
     d = make_synthetic(info, "val", size, count=50)
@@ -561,12 +645,13 @@ def test_synthetic_shapes_dtypes_ranges(name, channels, size):
         assert set(np.unique(d.labels)) <= {0, 1}
     else:
         assert d.labels.shape == (50,) and d.labels.dtype == np.int64
-        assert set(d.labels) == set(range(info.n_classes))        # every class present
+        assert set(d.labels) == set(range(info.n_classes))  # every class present
 
 
 @pytest.mark.parametrize("name, split", [("pneumonia", "train"), ("oct", "val"), ("derma", "test")])
 def test_synthetic_class_proportions_follow_the_real_split(name, split):
     from helpers.synthetic import CLASS_PROPORTIONS
+
     d = make_synthetic(get_info(name), split, 28, count=3000)
     real = np.array(CLASS_PROPORTIONS[name][split], dtype=float)
     np.testing.assert_allclose(d.class_counts() / 3000, real / real.sum(), atol=0.03)
@@ -574,7 +659,7 @@ def test_synthetic_class_proportions_follow_the_real_split(name, split):
 
 def test_synthetic_default_count_and_minimum():
     info = get_info("pneumonia")
-    assert len(make_synthetic(info, "test", 28)) == 624          # the official count when small
+    assert len(make_synthetic(info, "test", 28)) == 624  # the official count when small
     with pytest.raises(ValueError, match="count"):
         make_synthetic(get_info("derma"), "train", 28, count=5)
 
@@ -582,9 +667,9 @@ def test_synthetic_default_count_and_minimum():
 def test_synthetic_multilabel_has_about_half_without_finding():
     d = make_synthetic(get_info("chest"), "train", 28, count=3000)
     no_finding = (d.labels.sum(axis=1) == 0).mean()
-    assert 0.40 < no_finding < 0.54                   # product of (1 - prevalence) = 0.467
+    assert 0.40 < no_finding < 0.54  # product of (1 - prevalence) = 0.467
     prevalence = d.labels.mean(axis=0)
-    assert prevalence[3] == prevalence.max()          # infiltration is the commonest finding
+    assert prevalence[3] == prevalence.max()  # infiltration is the commonest finding
     # findings are visible: images with a finding are brighter (opacities)
     assert d.images[d.labels.sum(1) > 0].mean() > d.images[d.labels.sum(1) == 0].mean()
 
@@ -617,6 +702,7 @@ def test_synthetic_pneumonia_classes_overlap_like_real_x_rays():
 
 # --------------------------------------------------------------------------- real data
 
+
 def test_real_pneumonia_test_split(real_medmnist_dir):
     if real_medmnist_dir is None:
         pytest.skip("no real pneumoniamnist.npz (set MEDMNIST_DIR)")
@@ -631,6 +717,7 @@ def test_real_pneumonia_test_split(real_medmnist_dir):
 @pytest.mark.keep_medmnist_dir
 def test_opting_in_keeps_medmnist_dir():
     from conftest import ORIGINAL_MEDMNIST_DIR
+
     assert os.environ.get("MEDMNIST_DIR") == ORIGINAL_MEDMNIST_DIR
 
 

@@ -1,4 +1,5 @@
 """The first code cell of every chapter: versions printed, unusable environments refused in one sentence."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,9 +16,17 @@ def test_versions_are_printed_with_the_gpu(capsys):
 
 
 def test_unsupported_versions_give_one_clear_sentence(monkeypatch):
-    monkeypatch.setattr(environment, "versions", lambda: {"python": "3.11.7", "tensorflow": "2.12.0",
-                                                          "keras": "2.12.0", "numpy": "1.26.4",
-                                                          "adversarial-robustness-toolbox": "missing"})
+    monkeypatch.setattr(
+        environment,
+        "versions",
+        lambda: {
+            "python": "3.11.7",
+            "tensorflow": "2.12.0",
+            "keras": "2.12.0",
+            "numpy": "1.26.4",
+            "adversarial-robustness-toolbox": "missing",
+        },
+    )
     with pytest.raises(environment.UnsupportedEnvironment) as error:
         environment.check("smoke", verbose=False)
     message = str(error.value)
@@ -29,7 +38,9 @@ def test_unsupported_versions_give_one_clear_sentence(monkeypatch):
 @pytest.mark.parametrize("scale", ["gpu", "paper"])
 def test_gpu_scales_refuse_to_start_without_a_gpu(monkeypatch, scale):
     monkeypatch.setattr(environment, "gpus", lambda: [])
-    with pytest.raises(environment.UnsupportedEnvironment, match=f"SCALE='{scale}' needs a GPU") as error:
+    with pytest.raises(
+        environment.UnsupportedEnvironment, match=f"SCALE='{scale}' needs a GPU"
+    ) as error:
         environment.check(scale, verbose=False)
     assert "T4 GPU" in str(error.value) and "\n" not in str(error.value)
 
@@ -38,10 +49,14 @@ def test_gpu_scales_refuse_to_start_without_imagenet_weights(monkeypatch):
     monkeypatch.setattr(environment, "gpus", lambda: ["Tesla T4"])
 
     def offline(architecture, side):
-        raise models.WeightsUnavailableError("Could not download the ImageNet weights of InceptionV3 (URLError).\n...")
+        raise models.WeightsUnavailableError(
+            "Could not download the ImageNet weights of InceptionV3 (URLError).\n..."
+        )
 
     monkeypatch.setattr(models, "fetch_imagenet_weights", offline)
-    with pytest.raises(environment.UnsupportedEnvironment, match="ImageNet weights of inception_v3") as error:
+    with pytest.raises(
+        environment.UnsupportedEnvironment, match="ImageNet weights of inception_v3"
+    ) as error:
         environment.check("gpu", verbose=False)
     assert "internet" in str(error.value)
 
@@ -67,20 +82,40 @@ def test_chapter_links_and_install_cells_are_rewritten_from_one_setting(tmp_path
 
     from helpers import config
 
-    old = {"cells": [
-        {"cell_type": "markdown", "metadata": {}, "source": [
-            "# 9. A chapter\n", "\n",
-            "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://example.org/x)\n"]},
-        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-         "source": ["!pip install -q \"medattack-helpers @ git+https://github.com/medattack-course/medattack@main\""]}],
-        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    old = {
+        "cells": [
+            {
+                "cell_type": "markdown",
+                "metadata": {},
+                "source": [
+                    "# 9. A chapter\n",
+                    "\n",
+                    "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://example.org/x)\n",
+                ],
+            },
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "outputs": [],
+                "execution_count": None,
+                "source": [
+                    '!pip install -q "medattack-helpers @ git+https://github.com/medattack-course/medattack@main"'
+                ],
+            },
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     path = tmp_path / "09_a_chapter.ipynb"
     path.write_text(json.dumps(old))
     assert config.write_chapter_links(tmp_path) == [path]
     cells = json.loads(path.read_text())["cells"]
-    assert config.colab_link("09_a_chapter") in "".join(cells[0]["source"]) and "colab-badge" not in str(cells[0])
+    assert config.colab_link("09_a_chapter") in "".join(
+        cells[0]["source"]
+    ) and "colab-badge" not in str(cells[0])
     assert "".join(cells[1]["source"]) == config.install_cell()
-    assert config.write_chapter_links(tmp_path) == []                  # nothing left to change
+    assert config.write_chapter_links(tmp_path) == []  # nothing left to change
 
 
 @pytest.mark.parametrize("scale", ["gpu", "paper"])

@@ -1,4 +1,5 @@
 """Model building, preprocessing inside the model, offline ImageNet weights, ART wrapping."""
+
 import importlib
 import urllib.error
 
@@ -8,9 +9,19 @@ import pytest
 
 from helpers import models
 from helpers.data import get_info
-from helpers.models import (ARCHITECTURES, BackbonePreprocess, GreyToRGB, WeightsUnavailableError,
-                            build_model, check_images, is_multilabel, model_for, predict_labels,
-                            predict_proba, to_art_classifier)
+from helpers.models import (
+    ARCHITECTURES,
+    BackbonePreprocess,
+    GreyToRGB,
+    WeightsUnavailableError,
+    build_model,
+    check_images,
+    is_multilabel,
+    model_for,
+    predict_labels,
+    predict_proba,
+    to_art_classifier,
+)
 from helpers.training import load_trained, save_trained
 
 RNG = np.random.default_rng(0)
@@ -39,11 +50,14 @@ def no_weight_downloads(monkeypatch, tmp_path):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(file_utils, "urlretrieve", urlretrieve)
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras-home"))  # empty weights cache
+    monkeypatch.setattr(
+        keras_config, "_KERAS_DIR", str(tmp_path / "keras-home")
+    )  # empty weights cache
     return attempts
 
 
 # --------------------------------------------------------------------------- build_model
+
 
 @pytest.mark.parametrize("shape, classes", [((28, 28, 1), 2), ((28, 28, 3), 7), ((64, 64, 1), 4)])
 def test_small_cnn_softmax_head(shape, classes):
@@ -66,7 +80,7 @@ def test_multilabel_head_is_sigmoid():
     assert is_multilabel(model) and model.output_shape == (None, 14)
     out = predict_proba(model, images(4))
     assert np.all((out > 0) & (out < 1))
-    assert np.all(np.abs(out.sum(axis=1) - 1.0) > 0.5)       # 14 independent probabilities
+    assert np.all(np.abs(out.sum(axis=1) - 1.0) > 0.5)  # 14 independent probabilities
 
 
 def test_small_cnn_ignores_imagenet_weights_and_is_seeded():
@@ -106,12 +120,18 @@ def test_weights_must_be_imagenet_or_none(weights):
 
 
 def test_paper_architectures_use_their_papers_input_sizes():
-    assert ARCHITECTURES["inception_v3"].paper_input == 299 and ARCHITECTURES["inception_v3"].min_input == 75
+    assert (
+        ARCHITECTURES["inception_v3"].paper_input == 299
+        and ARCHITECTURES["inception_v3"].min_input == 75
+    )
     assert ARCHITECTURES["vgg16"].paper_input == 224
-    assert ARCHITECTURES["small_cnn"].optimizer == "adam" and ARCHITECTURES["vgg16"].optimizer == "sgd"
+    assert (
+        ARCHITECTURES["small_cnn"].optimizer == "adam" and ARCHITECTURES["vgg16"].optimizer == "sgd"
+    )
 
 
 # --------------------------------------------------------------------------- backbones
+
 
 def test_backbone_converts_grey_and_resizes_inside(tiny_mobilenet):
     model = tiny_mobilenet
@@ -119,7 +139,11 @@ def test_backbone_converts_grey_and_resizes_inside(tiny_mobilenet):
     assert names[:4] == ["image", "grey_to_rgb", "resize", "preprocess"] and names[-1] == "head"
     assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 3)
     assert model.get_layer("grey_to_rgb").output.shape[1:] == (28, 28, 3)
-    assert model.get_layer("resize").output.shape[1:] == (32, 32, 3)     # raised to MobileNetV2's minimum
+    assert model.get_layer("resize").output.shape[1:] == (
+        32,
+        32,
+        3,
+    )  # raised to MobileNetV2's minimum
     assert model.get_layer("preprocess").mode == "tf"
     out = predict_proba(model, images(2))
     assert out.shape == (2, 3)
@@ -143,9 +167,16 @@ def test_grey_to_rgb_repeats_the_channel():
         np.testing.assert_array_equal(out[..., channel], x[..., 0])
 
 
-KERAS_MODULES = {"inception_v3": "inception_v3", "vgg16": "vgg16", "vgg19": "vgg19", "resnet50": "resnet50",
-                 "inception_resnet_v2": "inception_resnet_v2", "densenet121": "densenet",
-                 "densenet169": "densenet", "mobilenet_v2": "mobilenet_v2"}
+KERAS_MODULES = {
+    "inception_v3": "inception_v3",
+    "vgg16": "vgg16",
+    "vgg19": "vgg19",
+    "resnet50": "resnet50",
+    "inception_resnet_v2": "inception_resnet_v2",
+    "densenet121": "densenet",
+    "densenet169": "densenet",
+    "mobilenet_v2": "mobilenet_v2",
+}
 
 
 @pytest.mark.parametrize("architecture", sorted(KERAS_MODULES))
@@ -159,12 +190,18 @@ def test_backbone_preprocess_matches_keras_preprocess_input(architecture):
 
 
 def test_backbone_preprocess_modes_by_hand():
-    x = np.array([[[[0.0, 0.5, 1.0]]]], dtype=np.float32)       # one RGB pixel
+    x = np.array([[[[0.0, 0.5, 1.0]]]], dtype=np.float32)  # one RGB pixel
     np.testing.assert_allclose(BackbonePreprocess("tf")(x), [[[[-1.0, 0.0, 1.0]]]], atol=1e-6)
-    np.testing.assert_allclose(BackbonePreprocess("caffe")(x),
-                               [[[[255 - 103.939, 127.5 - 116.779, 0 - 123.68]]]], atol=1e-4)
-    np.testing.assert_allclose(BackbonePreprocess("torch")(x),
-                               [[[[-0.485 / 0.229, 0.044 / 0.224, 0.594 / 0.225]]]], atol=1e-5)
+    np.testing.assert_allclose(
+        BackbonePreprocess("caffe")(x),
+        [[[[255 - 103.939, 127.5 - 116.779, 0 - 123.68]]]],
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        BackbonePreprocess("torch")(x),
+        [[[[-0.485 / 0.229, 0.044 / 0.224, 0.594 / 0.225]]]],
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="mode="):
         BackbonePreprocess("keras")
 
@@ -181,6 +218,7 @@ def test_imagenet_weights_offline_raise_a_helpful_error(no_weight_downloads):
 def test_other_backbone_errors_are_not_disguised_as_offline(monkeypatch):
     def broken(**kwargs):
         raise ValueError("input_shape is too small")
+
     monkeypatch.setattr(keras.applications, "MobileNetV2", broken)
     with pytest.raises(ValueError, match="too small"):
         build_model("mobilenet_v2", (28, 28, 1), 2, weights="imagenet")
@@ -188,11 +226,12 @@ def test_other_backbone_errors_are_not_disguised_as_offline(monkeypatch):
 
 # --------------------------------------------------------------------------- save / load
 
+
 def test_save_and_load_keep_predictions(tiny_mobilenet, tmp_path):
     folder = tmp_path / "models" / "tiny"
     save_trained(tiny_mobilenet, folder, {"key": "tiny", "saved": "now"}, {"loss": [0.5]})
     assert sorted(p.name for p in folder.iterdir()) == ["history.json", "meta.json", "model.keras"]
-    assert [p.name for p in folder.parent.iterdir()] == ["tiny"]          # no staging folder left
+    assert [p.name for p in folder.parent.iterdir()] == ["tiny"]  # no staging folder left
     loaded = load_trained(folder, verbose=False)
     assert loaded.from_cache and loaded.key == "tiny" and loaded.history == {"loss": [0.5]}
     assert isinstance(loaded.model.get_layer("grey_to_rgb"), GreyToRGB)
@@ -209,18 +248,22 @@ def test_load_trained_rejects_a_folder_without_model(tmp_path):
 
 # --------------------------------------------------------------------------- inputs and predictions
 
+
 @pytest.fixture(scope="module")
 def small_cnn():
     return build_model("small_cnn", (28, 28, 1), 2, weights=None)
 
 
-@pytest.mark.parametrize("bad, fragment", [
-    (np.zeros((4, 28, 28)), "shape"),
-    (np.zeros((4, 32, 32, 1)), "shape"),
-    (np.zeros((4, 28, 28, 3)), "shape"),
-    (np.full((4, 28, 28, 1), 255.0), r"\[0, 1\]"),
-    (np.full((4, 28, 28, 1), -0.1), r"\[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        (np.zeros((4, 28, 28)), "shape"),
+        (np.zeros((4, 32, 32, 1)), "shape"),
+        (np.zeros((4, 28, 28, 3)), "shape"),
+        (np.full((4, 28, 28, 1), 255.0), r"\[0, 1\]"),
+        (np.full((4, 28, 28, 1), -0.1), r"\[0, 1\]"),
+    ],
+)
 def test_check_images_rejects_with_a_clear_message(small_cnn, bad, fragment):
     with pytest.raises(ValueError, match=fragment) as error:
         check_images(bad, small_cnn, name="x_test")
@@ -246,7 +289,7 @@ def pixel_model(activation):
     model = keras.Model(inputs, head(x))
     kernel = np.zeros((4, 3), np.float32)
     kernel[0, 0] = kernel[1, 1] = kernel[2, 2] = 10.0
-    head.set_weights([kernel, np.full(3, -5.0, np.float32)])   # sigmoid(10 p - 5) > 0.5 iff p > 0.5
+    head.set_weights([kernel, np.full(3, -5.0, np.float32)])  # sigmoid(10 p - 5) > 0.5 iff p > 0.5
     return model
 
 
@@ -263,8 +306,10 @@ def test_predict_labels_multilabel_thresholds_each_finding():
     labels = predict_labels(model, x.reshape(3, 2, 2, 1))
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, [[1, 0, 1], [0, 0, 0], [1, 1, 1]])
-    np.testing.assert_array_equal(predict_labels(model, x.reshape(3, 2, 2, 1), threshold=0.9),
-                                  [[1, 0, 0], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(
+        predict_labels(model, x.reshape(3, 2, 2, 1), threshold=0.9),
+        [[1, 0, 0], [0, 0, 0], [0, 0, 0]],
+    )
 
 
 def test_predict_proba_of_an_empty_batch(small_cnn):
@@ -275,7 +320,9 @@ def test_predict_proba_traces_once_for_every_batch_size_and_matches_the_eager_mo
     x = images(37)
     whole = predict_proba(small_cnn, x, batch_size=37)
     for batch_size in (1, 5, 16):
-        np.testing.assert_allclose(predict_proba(small_cnn, x, batch_size=batch_size), whole, atol=1e-6)
+        np.testing.assert_allclose(
+            predict_proba(small_cnn, x, batch_size=batch_size), whole, atol=1e-6
+        )
     assert models.compiled_forward(small_cnn).experimental_get_tracing_count() == 1
     np.testing.assert_allclose(whole, np.asarray(small_cnn(x, training=False)), atol=1e-6)
 
@@ -318,6 +365,7 @@ def test_art_classifier_rejects_a_single_label_model_for_multilabel_data(small_c
 
 def test_keras_models_dir_follows_keras_home(monkeypatch, tmp_path):
     from helpers.models import keras_models_dir
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     assert keras_models_dir() == tmp_path / "models"
     monkeypatch.delenv("KERAS_HOME")

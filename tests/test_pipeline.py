@@ -1,12 +1,22 @@
 """The book pipeline: toc parsing, book folder copies, chapter execution and failure reports."""
+
 import json
 
 import nbformat
 import pytest
 
 from helpers import pipeline
-from helpers.pipeline import (BOOK_DIR, CHAPTERS_DIR, ChapterFailed, _select, execute_chapter,
-                              prepare_book_dir, source_notebook, strip_notebooks, toc_chapters)
+from helpers.pipeline import (
+    BOOK_DIR,
+    CHAPTERS_DIR,
+    ChapterFailed,
+    _select,
+    execute_chapter,
+    prepare_book_dir,
+    source_notebook,
+    strip_notebooks,
+    toc_chapters,
+)
 
 
 def write_notebook(path, *sources, parameters='SCALE = "cpu"'):
@@ -14,9 +24,16 @@ def write_notebook(path, *sources, parameters='SCALE = "cpu"'):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# A throwaway chapter"), params,
-                *(nbformat.v4.new_code_cell(s) for s in sources)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# A throwaway chapter"),
+        params,
+        *(nbformat.v4.new_code_cell(s) for s in sources),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, path)
     return path
 
@@ -38,7 +55,8 @@ def test_toc_parsing_of_nested_parts_and_md_pages(tmp_path):
         "  - caption: A\n    chapters:\n      - file: chapters/01_a\n      - file: about\n"
         "  - caption: B\n    chapters:\n      - file: chapters/02_b.ipynb\n"
         "        sections:\n          - file: chapters/03_c\n          - file: chapters/notes\n"
-        "          - file: chapters/extra.md\n")
+        "          - file: chapters/extra.md\n"
+    )
     assert toc_chapters(tmp_path / "_toc.yml") == ["01_a", "02_b", "03_c"]
 
 
@@ -55,9 +73,17 @@ def test_book_copy_leaves_out_generated_files(tmp_path, monkeypatch):
     (source / "chapters").mkdir(parents=True)
     (source / "_build" / "html").mkdir(parents=True)
     (source / "chapters" / "previous" / "cpu").mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml", "intro.md", "references.bib", "chapters/page.md",
-                 "chapters/01_x.ipynb", "chapters/01_x.results.json", "_build/html/index.html",
-                 "chapters/previous/cpu/01_x.ipynb"):
+    for name in (
+        "_config.yml",
+        "_toc.yml",
+        "intro.md",
+        "references.bib",
+        "chapters/page.md",
+        "chapters/01_x.ipynb",
+        "chapters/01_x.results.json",
+        "_build/html/index.html",
+        "chapters/previous/cpu/01_x.ipynb",
+    ):
         (source / name).write_text("x")
     monkeypatch.setattr(pipeline, "BOOK_DIR", source)
     copy = prepare_book_dir(tmp_path / "copy" / "book")
@@ -67,14 +93,20 @@ def test_book_copy_leaves_out_generated_files(tmp_path, monkeypatch):
 
 
 def test_failure_report_shows_the_failing_cell(tmp_path):
-    source = write_notebook(tmp_path / "07_broken.ipynb", "x = 41",
-                            "def f():\n    return undefined_name + x\nf()", "print('never reached')")
+    source = write_notebook(
+        tmp_path / "07_broken.ipynb",
+        "x = 41",
+        "def f():\n    return undefined_name + x\nf()",
+        "print('never reached')",
+    )
     with pytest.raises(ChapterFailed) as caught:
-        execute_chapter(source, tmp_path / "book" / "chapters" / "07_broken.ipynb", log_output=False)
+        execute_chapter(
+            source, tmp_path / "book" / "chapters" / "07_broken.ipynb", log_output=False
+        )
     report = str(caught.value)
     assert caught.value.chapter == "07_broken"
     assert "Chapter 07_broken failed" in report
-    assert "return undefined_name + x" in report          # the failing cell's source
+    assert "return undefined_name + x" in report  # the failing cell's source
     assert "NameError: name 'undefined_name' is not defined" in report
     assert "never reached" not in report
 
@@ -82,20 +114,28 @@ def test_failure_report_shows_the_failing_cell(tmp_path):
 def test_executed_chapter_gets_scale_and_records_next_to_it(tmp_path):
     source = write_notebook(
         tmp_path / "01_tiny.ipynb",
-        "from helpers.records import Recorder\nrec = Recorder('01_tiny', SCALE)\nrec.log('tiny/answer', 42)")
+        "from helpers.records import Recorder\nrec = Recorder('01_tiny', SCALE)\nrec.log('tiny/answer', 42)",
+    )
     output = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
     ran = execute_chapter(source, output, "smoke", log_output=False)
     assert ran.notebook == output and output.exists()
     assert ran.results == output.with_name("01_tiny.results.json")
     results = json.loads(ran.results.read_text())
     assert results.pop("peak_memory_mib") > 0
-    assert results == {"chapter": "01_tiny", "scale": "smoke", "values": {"tiny/answer": 42}, "passes": {}}
+    assert results == {
+        "chapter": "01_tiny",
+        "scale": "smoke",
+        "values": {"tiny/answer": 42},
+        "passes": {},
+    }
 
 
 def test_injected_parameters_are_used_and_their_cell_is_hidden_from_the_book(tmp_path):
-    source = write_notebook(tmp_path / "01_seeded.ipynb",
-                            "from helpers.records import Recorder\nRecorder('01_seeded', SCALE).log('seed', SEED)",
-                            parameters='SCALE = "cpu"\nSEED = 0')
+    source = write_notebook(
+        tmp_path / "01_seeded.ipynb",
+        "from helpers.records import Recorder\nRecorder('01_seeded', SCALE).log('seed', SEED)",
+        parameters='SCALE = "cpu"\nSEED = 0',
+    )
     output = tmp_path / "book" / "chapters" / "01_seeded.ipynb"
     ran = execute_chapter(source, output, "smoke", log_output=False, parameters={"SEED": 3})
     assert json.loads(ran.results.read_text())["values"] == {"seed": 3}
@@ -103,7 +143,9 @@ def test_injected_parameters_are_used_and_their_cell_is_hidden_from_the_book(tmp
     injected = [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "remove-cell" in injected[0].metadata["tags"]
     own = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(own) == 1 and "remove-cell" not in own[0].metadata["tags"]     # the reader sees this one
+    assert (
+        len(own) == 1 and "remove-cell" not in own[0].metadata["tags"]
+    )  # the reader sees this one
 
 
 def test_figures_reach_the_book_with_their_alt_text(tmp_path):
@@ -111,7 +153,8 @@ def test_figures_reach_the_book_with_their_alt_text(tmp_path):
         tmp_path / "01_figure.ipynb",
         "import matplotlib.pyplot as plt\nimport helpers.plots\n"
         "fig, ax = plt.subplots()\nax.plot([0, 1], [1, 0])\n"
-        "ax.set(title='Falling line', xlabel='time (s)', ylabel='height (m)')\nfig.suptitle('A test figure')\nplt.show()")
+        "ax.set(title='Falling line', xlabel='time (s)', ylabel='height (m)')\nfig.suptitle('A test figure')\nplt.show()",
+    )
     output = tmp_path / "book" / "chapters" / "01_figure.ipynb"
     execute_chapter(source, output, "smoke", log_output=False)
     cell = [c for c in nbformat.read(output, as_version=4).cells if "plt.show()" in c.source][0]
@@ -123,16 +166,25 @@ def test_figures_reach_the_book_with_their_alt_text(tmp_path):
 def test_a_run_at_another_scale_keeps_the_earlier_one(tmp_path):
     source = write_notebook(
         tmp_path / "01_tiny.ipynb",
-        "from helpers.records import Recorder\nRecorder('01_tiny', SCALE).log('tiny/scale', SCALE)")
+        "from helpers.records import Recorder\nRecorder('01_tiny', SCALE).log('tiny/scale', SCALE)",
+    )
     output = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
     execute_chapter(source, output, "cpu", log_output=False)
     execute_chapter(source, output, "smoke", log_output=False)
     kept = output.parent / "previous" / "cpu"
-    assert json.loads((kept / "01_tiny.results.json").read_text())["values"] == {"tiny/scale": "cpu"}
+    assert json.loads((kept / "01_tiny.results.json").read_text())["values"] == {
+        "tiny/scale": "cpu"
+    }
     assert pipeline.executed_scale(kept / "01_tiny.ipynb") == "cpu"
     assert pipeline.executed_scale(output) == "smoke"
-    execute_chapter(source, output, "smoke", log_output=False)      # the same scale replaces its own run
-    assert sorted(p.name for p in output.parent.iterdir()) == ["01_tiny.ipynb", "01_tiny.results.json", "previous"]
+    execute_chapter(
+        source, output, "smoke", log_output=False
+    )  # the same scale replaces its own run
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        "01_tiny.ipynb",
+        "01_tiny.results.json",
+        "previous",
+    ]
 
 
 def test_runtime_logs_and_progress_widgets_are_left_out_of_the_executed_chapter(tmp_path):
@@ -143,20 +195,30 @@ def test_runtime_logs_and_progress_widgets_are_left_out_of_the_executed_chapter(
         "sys.stderr.write('WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
         "sys.stderr.write('the chapter warns about something\\n')\n"
         "print('a result')",
-        "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass")
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass",
+    )
     output = tmp_path / "book" / "chapters" / "01_noisy.ipynb"
     execute_chapter(source, output, "smoke", log_output=False)
-    outputs = [o for cell in nbformat.read(output, as_version=4).cells if cell.cell_type == "code" for o in cell.outputs]
+    outputs = [
+        o
+        for cell in nbformat.read(output, as_version=4).cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+    ]
     text = "".join(o.get("text", "") for o in outputs)
     assert "a result" in text and "the chapter warns about something" in text
     assert "oneDNN" not in text and "absl" not in text
-    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert not [
+        o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
 
 
 def test_strip_notebooks(tmp_path):
     path = write_notebook(tmp_path / "nb.ipynb", "1 + 1")
     nb = nbformat.read(path, as_version=4)
-    nb.cells[2].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    nb.cells[2].outputs = [
+        nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)
+    ]
     nb.cells[2].execution_count = 1
     nbformat.write(nb, path)
     assert strip_notebooks([path]) == [path]
@@ -169,7 +231,8 @@ def test_a_rehearsal_keeps_the_real_run_of_its_scale(tmp_path):
     source = write_notebook(
         tmp_path / "01_tiny.ipynb",
         "from helpers.records import Recorder\nRecorder('01_tiny', SCALE).log('tiny/rehearsal', REHEARSAL)",
-        parameters='SCALE = "cpu"\nREHEARSAL = False')
+        parameters='SCALE = "cpu"\nREHEARSAL = False',
+    )
     output = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
     execute_chapter(source, output, "gpu", log_output=False)
     execute_chapter(source, output, "gpu", log_output=False, parameters={"REHEARSAL": True})
@@ -177,13 +240,18 @@ def test_a_rehearsal_keeps_the_real_run_of_its_scale(tmp_path):
     assert pipeline.executed_scale(output.parent / "previous" / "gpu" / "01_tiny.ipynb") == "gpu"
 
 
-def test_chapters_run_in_parallel_after_the_first_and_failures_name_the_chapter(tmp_path, monkeypatch):
+def test_chapters_run_in_parallel_after_the_first_and_failures_name_the_chapter(
+    tmp_path, monkeypatch
+):
     folder = tmp_path / "chapters"
     folder.mkdir()
     names = ["01_a", "02_b", "03_c", "04_d"]
     for name in names:
-        code = "raise RuntimeError('broken on purpose')" if name == "04_d" else \
-            f"from helpers.records import Recorder\nRecorder('{name}', SCALE).log('x', 1)"
+        code = (
+            "raise RuntimeError('broken on purpose')"
+            if name == "04_d"
+            else f"from helpers.records import Recorder\nRecorder('{name}', SCALE).log('x', 1)"
+        )
         write_notebook(folder / f"{name}.ipynb", code)
     monkeypatch.setattr(pipeline, "CHAPTERS_DIR", folder)
     monkeypatch.setattr(pipeline, "source_notebook", lambda name: folder / f"{name}.ipynb")

@@ -8,6 +8,7 @@
 * The smoke pneumonia model: images just outside the decision boundary (clean confidence
   above 0.6), where a short search (population 40, 10 generations) already fools some.
 """
+
 from __future__ import annotations
 
 import keras
@@ -23,6 +24,7 @@ SIDE = 8
 
 
 # --------------------------------------------------------------------------- toy models
+
 
 def dense_model(weights, bias, activation: str, channels: int = 1) -> keras.Model:
     """Flatten -> Dense with the given weights: outputs depend on chosen pixels only."""
@@ -64,21 +66,28 @@ def toy_multilabel():
 
 # --------------------------------------------------------------------------- candidates by hand
 
+
 def test_apply_pixels_sets_exactly_the_chosen_values_at_the_floored_coordinates():
     images = np.random.default_rng(0).random((2, 4, 5, 1)).astype(np.float32)
-    pixels = np.array([[[1.7, 2.2, 0.9], [4.99, 0.0, 0.0]],      # (x, y, I): col 1 row 2; col 4 row 0
-                       [[0.0, 3.999, 1.0], [2.5, 1.5, 0.25]]])   # col 0 row 3; col 2 row 1
+    pixels = np.array(
+        [
+            [[1.7, 2.2, 0.9], [4.99, 0.0, 0.0]],  # (x, y, I): col 1 row 2; col 4 row 0
+            [[0.0, 3.999, 1.0], [2.5, 1.5, 0.25]],
+        ]
+    )  # col 0 row 3; col 2 row 1
     expected = images.copy()
     expected[0, 2, 1, 0], expected[0, 0, 4, 0] = 0.9, 0.0
     expected[1, 3, 0, 0], expected[1, 1, 2, 0] = 1.0, 0.25
     before = images.copy()
     np.testing.assert_array_equal(pixel.apply_pixels(images, pixels), expected)
-    np.testing.assert_array_equal(images, before)          # the input is not modified
+    np.testing.assert_array_equal(images, before)  # the input is not modified
 
 
 def test_apply_pixels_colour_and_population_axis():
     images = np.zeros((1, 3, 3, 3), np.float32)
-    population = np.array([[[[2.5, 0.2, 0.1, 0.2, 0.3]], [[0.0, 2.9, 1.0, 1.0, 1.0]]]])   # (1, 2, k=1, 5)
+    population = np.array(
+        [[[[2.5, 0.2, 0.1, 0.2, 0.3]], [[0.0, 2.9, 1.0, 1.0, 1.0]]]]
+    )  # (1, 2, k=1, 5)
     out = pixel.apply_pixels(images, population)
     assert out.shape == (1, 2, 3, 3, 3)
     np.testing.assert_allclose(out[0, 0, 0, 2], [0.1, 0.2, 0.3])
@@ -90,14 +99,15 @@ def test_bounds_keep_floored_coordinates_inside_the_image():
     lower, upper = pixel.pixel_bounds((4, 6, 3), 2)
     assert lower.shape == upper.shape == (2, 5)
     assert np.all(lower == 0) and np.all(upper[:, 2:] == 1)
-    assert upper[0, 0] < 6 and np.floor(upper[0, 0]) == 5       # x: columns
-    assert upper[0, 1] < 4 and np.floor(upper[0, 1]) == 3       # y: rows
+    assert upper[0, 0] < 6 and np.floor(upper[0, 0]) == 5  # x: columns
+    assert upper[0, 1] < 4 and np.floor(upper[0, 1]) == 3  # y: rows
     population = pixel.random_population(np.random.default_rng(0), 3, 50, (4, 6, 3), 2)
     assert population.shape == (3, 50, 2, 5)
     assert np.all(population >= lower) and np.all(population <= upper)
 
 
 # --------------------------------------------------------------------------- DE by hand
+
 
 @pytest.mark.parametrize("size", [4, 5, 100])
 def test_donors_are_distinct_and_never_the_child_itself(size):
@@ -108,14 +118,18 @@ def test_donors_are_distinct_and_never_the_child_itself(size):
     assert np.all((r1 != r2) & (r1 != r3) & (r2 != r3))
     assert np.all((r1 != i) & (r2 != i) & (r3 != i))
     assert donors.min() >= 0 and donors.max() < size
-    if size == 4:   # every other parent is drawn, in every role
+    if size == 4:  # every other parent is drawn, in every role
         for r in donors:
-            assert {(c, v) for c, v in zip(np.tile(i, 50), r.ravel())} == {(c, v) for c in i for v in i if v != c}
+            assert {(c, v) for c, v in zip(np.tile(i, 50), r.ravel())} == {
+                (c, v) for c in i for v in i if v != c
+            }
 
 
 def test_mutation_without_crossover_equals_the_formula():
-    population = np.array([[[[1.0, 1.0, 0.2]], [[2.0, 3.0, 0.4]], [[0.0, 1.0, 0.8]], [[3.0, 0.0, 0.1]]]])
-    donors = np.array([[[1, 0, 1, 0]], [[2, 3, 0, 1]], [[3, 2, 2, 2]]])   # (r1, r2, r3) x (A=1, P=4)
+    population = np.array(
+        [[[[1.0, 1.0, 0.2]], [[2.0, 3.0, 0.4]], [[0.0, 1.0, 0.8]], [[3.0, 0.0, 0.1]]]]
+    )
+    donors = np.array([[[1, 0, 1, 0]], [[2, 3, 0, 1]], [[3, 2, 2, 2]]])  # (r1, r2, r3) x (A=1, P=4)
     lower, upper = pixel.pixel_bounds((4, 4, 1), 1)
     children = pixel.mutate(np.random.default_rng(0), population, 0.5, donors, lower, upper)
     # child 0: p1 + 0.5 (p2 - p3) = (2, 3, 0.4) + 0.5 (-3, 1, 0.7) = (0.5, 3.5, 0.75)
@@ -143,7 +157,7 @@ def test_mutation_matches_the_formula_inside_the_bounds_and_redraws_outside():
     np.testing.assert_array_equal(children[inside], raw[inside])
     assert np.all(children >= lower) and np.all(children <= upper)
     clipped = np.clip(raw, lower, upper)
-    assert np.all(children[~inside] != clipped[~inside])     # redrawn, not clipped onto the bound
+    assert np.all(children[~inside] != clipped[~inside])  # redrawn, not clipped onto the bound
 
 
 def test_first_generation_children_are_spread_over_all_columns():
@@ -154,10 +168,16 @@ def test_first_generation_children_are_spread_over_all_columns():
     lower, upper = pixel.pixel_bounds(shape, 1)
     children = pixel.mutate(rng, population, 0.5, pixel.draw_donors(rng, 200, 100), lower, upper)
     assert np.all(children >= lower) and np.all(children <= upper)
-    columns = np.bincount(np.floor(children[..., 0]).astype(int).ravel(), minlength=28) / children[..., 0].size
-    rows = np.bincount(np.floor(children[..., 1]).astype(int).ravel(), minlength=28) / children[..., 1].size
+    columns = (
+        np.bincount(np.floor(children[..., 0]).astype(int).ravel(), minlength=28)
+        / children[..., 0].size
+    )
+    rows = (
+        np.bincount(np.floor(children[..., 1]).astype(int).ravel(), minlength=28)
+        / children[..., 1].size
+    )
     assert len(columns) == len(rows) == 28
-    for share in (columns, rows):                # uniform: 1/28 = 3.6 % each; clipping gave ~10 % at the borders
+    for share in (columns, rows):  # uniform: 1/28 = 3.6 % each; clipping gave ~10 % at the borders
         assert share[0] < 0.06 and share[-1] < 0.06
         assert share.min() > 0.015 and share.max() < 0.06
 
@@ -165,8 +185,9 @@ def test_first_generation_children_are_spread_over_all_columns():
 def test_selection_keeps_the_parent_on_ties():
     parents = np.array([[[0.0], [1.0], [2.0]]])
     children = np.array([[[10.0], [11.0], [12.0]]])
-    survivors, scores, replaced = pixel.select(parents, np.array([[1.0, 2.0, 3.0]]),
-                                               children, np.array([[1.0, 2.5, 2.0]]))
+    survivors, scores, replaced = pixel.select(
+        parents, np.array([[1.0, 2.0, 3.0]]), children, np.array([[1.0, 2.5, 2.0]])
+    )
     np.testing.assert_array_equal(replaced, [[False, True, False]])
     np.testing.assert_array_equal(survivors[0, :, 0], [0.0, 11.0, 2.0])
     np.testing.assert_array_equal(scores, [[1.0, 2.5, 3.0]])
@@ -174,15 +195,20 @@ def test_selection_keeps_the_parent_on_ties():
 
 # --------------------------------------------------------------------------- fitness by hand
 
+
 def test_multilabel_cosine_fitness_by_hand():
     # labels (1, 0, 0) -> (1, -1, -1); outputs (0.9, 0.2, 0.5) -> (0.8, -0.6, 0)
     # dot = 0.8 + 0.6 = 1.4; norms sqrt(3) x sqrt(0.64 + 0.36) = sqrt(3)
     expected = 1.4 / np.sqrt(3.0)
     assert pixel.cosine_similarity([1, 0, 0], [0.9, 0.2, 0.5]) == pytest.approx(expected)
-    outputs = np.array([[[0.9, 0.2, 0.5]]])                  # (A=1, P=1, L=3)
+    outputs = np.array([[[0.9, 0.2, 0.5]]])  # (A=1, P=1, L=3)
     reference = np.array([[1, 0, 0]])
-    assert pixel.fitness(outputs, reference, targeted=False, multilabel=True)[0, 0] == pytest.approx(-expected)
-    assert pixel.fitness(outputs, reference, targeted=True, multilabel=True)[0, 0] == pytest.approx(expected)
+    assert pixel.fitness(outputs, reference, targeted=False, multilabel=True)[
+        0, 0
+    ] == pytest.approx(-expected)
+    assert pixel.fitness(outputs, reference, targeted=True, multilabel=True)[0, 0] == pytest.approx(
+        expected
+    )
     # no finding and outputs all 0.5: both norms 0 -> the denominator is delta, the similarity 0
     assert pixel.cosine_similarity([0, 0, 0], [0.5, 0.5, 0.5]) == 0.0
     # no finding and outputs all 0: (-1, -1, -1) . (-1, -1, -1) / 3 = 1 (not 0, thanks to the [-1, 1] mapping)
@@ -192,37 +218,47 @@ def test_multilabel_cosine_fitness_by_hand():
 def test_multilabel_success_thresholds_strictly_above_one_half():
     outputs = np.array([[[0.9, 0.5, 0.1], [0.9, 0.51, 0.1]]])
     reference = np.array([[1, 0, 0]])
-    np.testing.assert_array_equal(pixel.is_success(outputs, reference, targeted=False, multilabel=True),
-                                  [[False, True]])
-    np.testing.assert_array_equal(pixel.is_success(outputs, np.array([[1, 1, 0]]), targeted=True,
-                                                   multilabel=True), [[False, True]])
+    np.testing.assert_array_equal(
+        pixel.is_success(outputs, reference, targeted=False, multilabel=True), [[False, True]]
+    )
+    np.testing.assert_array_equal(
+        pixel.is_success(outputs, np.array([[1, 1, 0]]), targeted=True, multilabel=True),
+        [[False, True]],
+    )
 
 
 def test_single_label_fitness_and_success_by_hand():
     outputs = np.array([[[0.7, 0.2, 0.1], [0.3, 0.3, 0.4], [0.4, 0.5, 0.1]]])
     original = np.array([0])
-    np.testing.assert_allclose(pixel.fitness(outputs, original, targeted=False, multilabel=False),
-                               [[-0.7, -0.3, -0.4]])
-    np.testing.assert_array_equal(pixel.is_success(outputs, original, targeted=False, multilabel=False),
-                                  [[False, True, True]])
+    np.testing.assert_allclose(
+        pixel.fitness(outputs, original, targeted=False, multilabel=False), [[-0.7, -0.3, -0.4]]
+    )
+    np.testing.assert_array_equal(
+        pixel.is_success(outputs, original, targeted=False, multilabel=False), [[False, True, True]]
+    )
     target = np.array([2])
-    np.testing.assert_allclose(pixel.fitness(outputs, target, targeted=True, multilabel=False), [[0.1, 0.4, 0.1]])
-    np.testing.assert_array_equal(pixel.is_success(outputs, target, targeted=True, multilabel=False),
-                                  [[False, True, False]])
+    np.testing.assert_allclose(
+        pixel.fitness(outputs, target, targeted=True, multilabel=False), [[0.1, 0.4, 0.1]]
+    )
+    np.testing.assert_array_equal(
+        pixel.is_success(outputs, target, targeted=True, multilabel=False), [[False, True, False]]
+    )
 
 
 # --------------------------------------------------------------------------- the paper's tables
 
-DERMA_ORDER = ("BKL", "NV", "DF", "MEL", "VASC", "BCC", "AKIEC")   # the paper's column order
-PAPER_TABLE_7 = np.array([      # rows original, columns resulting, in DERMA_ORDER
-    [0, 18, 1, 8, 0, 9, 5],
-    [3, 0, 0, 0, 0, 1, 0],
-    [2, 18, 0, 0, 0, 57, 3],
-    [4, 11, 0, 0, 0, 1, 0],
-    [0, 9, 0, 0, 0, 1, 0],
-    [7, 12, 4, 3, 0, 0, 6],
-    [10, 0, 4, 3, 0, 24, 0],
-])
+DERMA_ORDER = ("BKL", "NV", "DF", "MEL", "VASC", "BCC", "AKIEC")  # the paper's column order
+PAPER_TABLE_7 = np.array(
+    [  # rows original, columns resulting, in DERMA_ORDER
+        [0, 18, 1, 8, 0, 9, 5],
+        [3, 0, 0, 0, 0, 1, 0],
+        [2, 18, 0, 0, 0, 57, 3],
+        [4, 11, 0, 0, 0, 1, 0],
+        [0, 9, 0, 0, 0, 1, 0],
+        [7, 12, 4, 3, 0, 0, 6],
+        [10, 0, 4, 3, 0, 24, 0],
+    ]
+)
 PAPER_TABLE_8 = [21.25, 37.52, 3.53, 5.17, 0.00, 27.57, 4.96]
 
 
@@ -247,19 +283,24 @@ def test_transform_ratio_with_a_failed_class_by_hand():
     counts = np.array([[0, 2, 2], [0, 0, 0], [1, 0, 0]])
     np.testing.assert_allclose(pixel.transform_ratio(counts), [0.5, 0.25, 0.25])
     # the diagonal is ignored (ori = adv is a failure)
-    np.testing.assert_allclose(pixel.transform_ratio(counts + 5 * np.eye(3, dtype=int)), [0.5, 0.25, 0.25])
+    np.testing.assert_allclose(
+        pixel.transform_ratio(counts + 5 * np.eye(3, dtype=int)), [0.5, 0.25, 0.25]
+    )
     assert pixel.transform_ratio(np.zeros((2, 2))).isna().all()
 
 
 def test_transformation_table_by_hand_and_from_the_paper():
-    table = pixel.transformation_table([0, 0, 1, 2, 2], [1, 1, 0, 2, 1], [True, True, True, False, True],
-                                       ["a", "b", "c"])
+    table = pixel.transformation_table(
+        [0, 0, 1, 2, 2], [1, 1, 0, 2, 1], [True, True, True, False, True], ["a", "b", "c"]
+    )
     np.testing.assert_array_equal(table.to_numpy(), [[0, 2, 0], [1, 0, 0], [0, 1, 0]])
     assert list(table.index) == list(table.columns) == ["a", "b", "c"]
     original, final = table_7_images()
     names = get_info("derma").short_names
     full = pixel.transformation_table(original, final, np.ones(len(original), bool), names)
-    np.testing.assert_array_equal(full.loc[list(DERMA_ORDER), list(DERMA_ORDER)].to_numpy(), PAPER_TABLE_7)
+    np.testing.assert_array_equal(
+        full.loc[list(DERMA_ORDER), list(DERMA_ORDER)].to_numpy(), PAPER_TABLE_7
+    )
 
 
 def test_conversion_table_reproduces_the_papers_table_9_for_derma():
@@ -278,7 +319,10 @@ def test_conversion_table_multilabel_normal_is_the_empty_set():
     final = np.array([[1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
     success = np.array([True, True, True, True, False])
     table = pixel.conversion_table(original, final, success)
-    assert table["Count"].tolist() == [1, 2]      # disease -> normal: image 1; normal -> disease: 0 and 3
+    assert table["Count"].tolist() == [
+        1,
+        2,
+    ]  # disease -> normal: image 1; normal -> disease: 0 and 3
     np.testing.assert_allclose(table["Percentage"], [100 / 3, 200 / 3])
 
 
@@ -288,12 +332,16 @@ def test_avg_cl_by_hand():
 
 
 def test_success_rate_table_by_hand():
-    table = pixel.success_rate_table([1, 0, 1, 1, 2], [True, False, False, True, True], ["a", "b", "c"])
+    table = pixel.success_rate_table(
+        [1, 0, 1, 1, 2], [True, False, False, True, True], ["a", "b", "c"]
+    )
     assert list(table.index) == ["a", "b", "c"]
     assert table["images"].tolist() == [1, 3, 1]
     assert table["successes"].tolist() == [0, 2, 1]
     np.testing.assert_allclose(table["success rate"], [0.0, 2 / 3, 1.0])
-    sets = pixel.success_rate_table(np.array([[0, 0], [1, 0], [0, 0]]), [True, True, False], ["X", "Y"])
+    sets = pixel.success_rate_table(
+        np.array([[0, 0], [1, 0], [0, 0]]), [True, True, False], ["X", "Y"]
+    )
     assert list(sets.index) == ["Normal", "X"] and sets["successes"].tolist() == [1, 1]
 
 
@@ -302,8 +350,16 @@ def test_label_set_tables_by_hand():
     original = np.array([[0, 0, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]])
     final = np.array([[1, 0, 0], [1, 0, 1], [0, 0, 0], [1, 1, 0], [0, 0, 0]])
     success = np.array([True, True, True, True, False])
-    assert pixel.label_set_names(final, names) == ["ATEL", "ATEL, NODU", "Normal", "ATEL, EFFU", "Normal"]
-    table = pixel.label_set_table(original, final, success, names)   # rows resulting, columns original
+    assert pixel.label_set_names(final, names) == [
+        "ATEL",
+        "ATEL, NODU",
+        "Normal",
+        "ATEL, EFFU",
+        "Normal",
+    ]
+    table = pixel.label_set_table(
+        original, final, success, names
+    )  # rows resulting, columns original
     assert list(table.columns) == ["ATEL", "EFFU", "Normal"]
     assert table.loc["ATEL", "Normal"] == 1 and table.loc["ATEL, NODU", "Normal"] == 1
     assert table.loc["Normal", "ATEL"] == 1 and table.loc["ATEL, EFFU", "EFFU"] == 1
@@ -318,7 +374,9 @@ def test_tables_reject_mismatched_inputs():
     with pytest.raises(ValueError, match="square"):
         pixel.transform_ratio(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="label_set_table"):
-        pixel.transformation_table(np.zeros((2, 3)), np.zeros((2, 3)), [True, True], ["a", "b", "c"])
+        pixel.transformation_table(
+            np.zeros((2, 3)), np.zeros((2, 3)), [True, True], ["a", "b", "c"]
+        )
     with pytest.raises(ValueError, match="labels"):
         pixel.success_rate_table([0, 3], [True, True], ["a", "b"])
 
@@ -328,33 +386,56 @@ def test_report_multilabel_tables_by_hand():
     final = np.array([[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 1, 0]], np.uint8)
     success = np.array([True, False, True, True])
     result = pixel.PixelAttackResult(
-        adversarial=np.zeros((4, 2, 2, 1), np.float32), success=success, original=original, final=final,
-        original_confidence=np.ones(4), final_confidence=np.array([0.9, 0.1, 0.5, 0.7]),
-        original_proba=original.astype(float), final_proba=final.astype(float), pixels=np.zeros((4, 1, 3)),
-        generations=np.zeros(4, int), queries=np.ones(4, int), seconds=0.0, multilabel=True)
+        adversarial=np.zeros((4, 2, 2, 1), np.float32),
+        success=success,
+        original=original,
+        final=final,
+        original_confidence=np.ones(4),
+        final_confidence=np.array([0.9, 0.1, 0.5, 0.7]),
+        original_proba=original.astype(float),
+        final_proba=final.astype(float),
+        pixels=np.zeros((4, 1, 3)),
+        generations=np.zeros(4, int),
+        queries=np.ones(4, int),
+        seconds=0.0,
+        multilabel=True,
+    )
     tables = pixel.report(result, get_info("chest"), names=["A", "B", "C"])
     assert tables["success rate"].loc[["A", "Normal"], "successes"].tolist() == [1, 2]
-    assert tables["findings"].tolist() == [1, 1, 1]                 # A, B, C over images 0, 2, 3
-    assert tables["findings per image"].tolist() == [1, 1, 1, 0]    # Normal, one finding, two findings
+    assert tables["findings"].tolist() == [1, 1, 1]  # A, B, C over images 0, 2, 3
+    assert tables["findings per image"].tolist() == [
+        1,
+        1,
+        1,
+        0,
+    ]  # Normal, one finding, two findings
     assert tables["conversion"]["Count"].tolist() == [1, 2]
-    assert tables["AvgCL"] == pytest.approx(0.7)                    # mean over the successful images
-    assert tables["label sets"].loc["Normal", "A"] == 1 and tables["label sets"].to_numpy().sum() == 3
+    assert tables["AvgCL"] == pytest.approx(0.7)  # mean over the successful images
+    assert (
+        tables["label sets"].loc["Normal", "A"] == 1 and tables["label sets"].to_numpy().sum() == 3
+    )
     with pytest.raises(ValueError, match="multi-label"):
         pixel.report(result, get_info("pneumonia"))
 
 
 # --------------------------------------------------------------------------- tiny deterministic models
 
+
 def step_model(position, outputs_dark, outputs_bright, threshold: float = 0.5) -> keras.Model:
     """Softmax over fixed logits: ``outputs_bright`` when the pixel at (row, col) ``position`` exceeds
     ``threshold``, else ``outputs_dark`` - whatever the rest of the image."""
     row, col = position
     inputs = keras.Input((SIDE, SIDE, 1))
-    bright = keras.layers.Lambda(lambda x: keras.ops.cast(x[:, row, col, :] > threshold, "float32"))(inputs)
+    bright = keras.layers.Lambda(
+        lambda x: keras.ops.cast(x[:, row, col, :] > threshold, "float32")
+    )(inputs)
     logits = keras.layers.Dense(len(outputs_dark))(bright)
     outputs = keras.layers.Activation("softmax")(logits)
     model = keras.Model(inputs, outputs)
-    dark, jump = np.asarray(outputs_dark, np.float32), np.subtract(outputs_bright, outputs_dark, dtype=np.float32)
+    dark, jump = (
+        np.asarray(outputs_dark, np.float32),
+        np.subtract(outputs_bright, outputs_dark, dtype=np.float32),
+    )
     model.layers[2].set_weights([jump[None], dark])
     return model
 
@@ -364,21 +445,35 @@ def test_a_successful_child_that_loses_its_selection_is_returned_as_a_success():
     # other candidate (p0 = 0.36): the successful child always loses its pairwise selection
     model = step_model((3, 5), [0.0, -0.1, -0.1], [0.0, 0.05, -10.0])
     images = dark_images(12, seed=7)
-    result = pixel.pixel_attack(model, images, pixels=1, population=20, generations=40, early_stop=0.01,
-                                seed=0, progress=False)
+    result = pixel.pixel_attack(
+        model,
+        images,
+        pixels=1,
+        population=20,
+        generations=40,
+        early_stop=0.01,
+        seed=0,
+        progress=False,
+    )
     assert np.all(result.original == 0)
-    rescued = result.generations > 0         # no success in the initial population: only a child can succeed
+    rescued = (
+        result.generations > 0
+    )  # no success in the initial population: only a child can succeed
     assert rescued.sum() >= 3
     assert np.all(result.success)
     assert np.all(result.final[rescued] == 1)
-    np.testing.assert_array_equal(result.pixels[rescued, 0, :2], np.tile([5, 3], (rescued.sum(), 1)))
+    np.testing.assert_array_equal(
+        result.pixels[rescued, 0, :2], np.tile([5, 3], (rescued.sum(), 1))
+    )
     assert np.all(result.pixels[rescued, 0, 2] > 0.5)
-    assert np.all(result.final_proba[rescued, 0] > result.original_proba[rescued, 0])   # less fit, yet kept
+    assert np.all(
+        result.final_proba[rescued, 0] > result.original_proba[rescued, 0]
+    )  # less fit, yet kept
 
 
 def test_an_image_stops_at_the_first_generation_with_a_successful_candidate():
     weights = np.zeros((SIDE * SIDE, 2))
-    weights[3 * SIDE + 5, 1] = 20.0                     # class 1 iff pixel (row 3, col 5) > 0.9
+    weights[3 * SIDE + 5, 1] = 20.0  # class 1 iff pixel (row 3, col 5) > 0.9
     model = dense_model(weights, [0.0, -18.0], "softmax")
     images = dark_images(10, seed=8)
     settings = dict(pixels=1, population=100, early_stop=0.01, seed=0, progress=False)
@@ -398,7 +493,9 @@ def test_an_image_stops_at_the_first_generation_with_a_successful_candidate():
 
 def one_image_at_a_time(model):
     """The model's forward pass image by image: outputs that cannot depend on the batch shape."""
-    return lambda x: np.concatenate([np.asarray(model(x[i:i + 1], training=False), np.float32) for i in range(len(x))])
+    return lambda x: np.concatenate(
+        [np.asarray(model(x[i : i + 1], training=False), np.float32) for i in range(len(x))]
+    )
 
 
 def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel, monkeypatch):
@@ -410,7 +507,9 @@ def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel, monkeypat
     monkeypatch.setattr(pixel, "_forward", one_image_at_a_time)
     images = dark_images(5, seed=9)
     for model, target in ((toy, None), (toy, 2), (toy_multilabel, None)):
-        settings = dict(pixels=2, target=target, population=12, generations=6, seed=1, progress=False)
+        settings = dict(
+            pixels=2, target=target, population=12, generations=6, seed=1, progress=False
+        )
         small = pixel.pixel_attack(model, images, batch_size=7, **settings)
         large = pixel.pixel_attack(model, images, **settings)
         for name in ("adversarial", "pixels", "success", "final_proba", "generations"):
@@ -420,20 +519,26 @@ def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel, monkeypat
     np.testing.assert_array_equal(small.adversarial, large.adversarial)
 
 
-def test_an_image_gets_the_same_search_whatever_else_is_attacked_with_it(toy, toy_multilabel, monkeypatch):
+def test_an_image_gets_the_same_search_whatever_else_is_attacked_with_it(
+    toy, toy_multilabel, monkeypatch
+):
     """Its own random stream: alone, with others, at another position - the same search (outputs image by
     image, so that only the random draws could differ; see the batch-size test)."""
     monkeypatch.setattr(pixel, "_forward", one_image_at_a_time)
     images = dark_images(6, seed=3)
     for model, target in ((toy, None), (toy, 2), (toy_multilabel, None)):
-        settings = dict(pixels=2, target=target, population=12, generations=6, seed=5, progress=False)
+        settings = dict(
+            pixels=2, target=target, population=12, generations=6, seed=5, progress=False
+        )
         together = pixel.pixel_attack(model, images, **settings)
         for i in (0, 4):
-            alone = pixel.pixel_attack(model, images[i:i + 1], **settings)
+            alone = pixel.pixel_attack(model, images[i : i + 1], **settings)
             reordered = pixel.pixel_attack(model, images[[5, i, 2]], **settings)
             for name in ("pixels", "success", "generations", "queries"):
                 np.testing.assert_array_equal(getattr(alone, name)[0], getattr(together, name)[i])
-                np.testing.assert_array_equal(getattr(reordered, name)[1], getattr(together, name)[i])
+                np.testing.assert_array_equal(
+                    getattr(reordered, name)[1], getattr(together, name)[i]
+                )
 
 
 def test_image_streams_depend_on_the_seed_and_the_image_only():
@@ -453,19 +558,27 @@ def test_default_batch_size_follows_the_image_size(monkeypatch):
     assert pixel.default_batch_size((224, 224, 3)) == 111
     assert pixel.default_batch_size((1024, 1024, 3)) == 32
     inputs = keras.Input((64, 64, 3))
-    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    model = keras.Model(
+        inputs,
+        keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)),
+    )
     sizes, forward = [], pixel._forward(model)
     monkeypatch.setattr(pixel, "_forward", lambda m: lambda x: sizes.append(len(x)) or forward(x))
-    pixel.random_pixels(model, np.zeros((400, 64, 64, 3), np.float32), tries=4)    # 1600 candidate images
-    assert max(sizes) == 1365 and sum(sizes) == 400 + 1600 + 400   # clean, candidates, final
+    pixel.random_pixels(
+        model, np.zeros((400, 64, 64, 3), np.float32), tries=4
+    )  # 1600 candidate images
+    assert max(sizes) == 1365 and sum(sizes) == 400 + 1600 + 400  # clean, candidates, final
 
 
 # --------------------------------------------------------------------------- toy models
 
+
 @pytest.mark.slow
 def test_toy_model_is_fooled_by_one_pixel_and_random_pixels_are_not(toy):
     images = dark_images(30)
-    result = pixel.pixel_attack(toy, images, pixels=1, population=40, generations=20, seed=0, progress=False)
+    result = pixel.pixel_attack(
+        toy, images, pixels=1, population=40, generations=20, seed=0, progress=False
+    )
     assert np.all(result.original == 0)
     assert result.success.mean() >= 0.95
     assert set(result.final[result.success]) <= {1, 2}
@@ -474,8 +587,12 @@ def test_toy_model_is_fooled_by_one_pixel_and_random_pixels_are_not(toy):
     assert changed.sum(axis=1).max() <= 1
     for image, row in zip(result.adversarial[result.success], result.pixels[result.success]):
         x, y, value = row[0]
-        assert (int(y), int(x)) in {(3, 5), (6, 2)} and image[int(y), int(x), 0] == np.float32(value)
-    np.testing.assert_array_equal(predict_proba(toy, result.adversarial).argmax(axis=1), result.final)
+        assert (int(y), int(x)) in {(3, 5), (6, 2)} and image[int(y), int(x), 0] == np.float32(
+            value
+        )
+    np.testing.assert_array_equal(
+        predict_proba(toy, result.adversarial).argmax(axis=1), result.final
+    )
     control = pixel.random_pixels(toy, images, pixels=1, seed=0)
     assert control.success.mean() <= 0.2
     assert np.all(control.generations == 0) and np.all(control.queries == 1)
@@ -484,10 +601,12 @@ def test_toy_model_is_fooled_by_one_pixel_and_random_pixels_are_not(toy):
 @pytest.mark.slow
 def test_toy_model_targeted_attack_reaches_the_target(toy):
     images = dark_images(12, seed=1)
-    result = pixel.pixel_attack(toy, images, pixels=1, target=2, population=40, generations=30, progress=False)
+    result = pixel.pixel_attack(
+        toy, images, pixels=1, target=2, population=40, generations=30, progress=False
+    )
     assert result.success.mean() >= 0.9
     assert np.all(result.final[result.success] == 2)
-    assert np.all(result.pixels[result.success, 0, :2] == [2, 6])      # x = column 2, y = row 6
+    assert np.all(result.pixels[result.success, 0, :2] == [2, 6])  # x = column 2, y = row 6
     assert result.targeted and np.all(result.target == 2)
     assert result.final_confidence[result.success].min() > 0.5
 
@@ -501,7 +620,7 @@ def test_early_stop_generations_queries_and_seed(toy):
     np.testing.assert_array_equal(first.adversarial, again.adversarial)
     np.testing.assert_array_equal(first.generations, again.generations)
     np.testing.assert_array_equal(first.queries, 20 * (1 + first.generations))
-    assert np.all(first.generations[~first.success] == 15)      # the others ran every generation
+    assert np.all(first.generations[~first.success] == 15)  # the others ran every generation
     assert first.success.any() and first.generations.min() < 15  # fooled images stopped early
     full = pixel.pixel_attack(toy, images, early_stop=None, **kwargs)
     assert np.all(full.generations == 15) and np.all(full.queries == 20 * 16)
@@ -513,10 +632,12 @@ def test_early_stop_generations_queries_and_seed(toy):
 @pytest.mark.slow
 def test_result_shapes_colour_and_three_pixels():
     weights = np.zeros((SIDE * SIDE * 3, 2))
-    weights[(4 * SIDE + 4) * 3 + 1, 1] = 20.0      # green channel of pixel (4, 4)
+    weights[(4 * SIDE + 4) * 3 + 1, 1] = 20.0  # green channel of pixel (4, 4)
     model = dense_model(weights, [0.0, -10.0], "softmax", channels=3)
     images = np.full((5, SIDE, SIDE, 3), 0.05, np.float32)
-    result = pixel.pixel_attack(model, images, pixels=3, population=30, generations=20, progress=False)
+    result = pixel.pixel_attack(
+        model, images, pixels=3, population=30, generations=20, progress=False
+    )
     assert result.adversarial.shape == images.shape and result.adversarial.dtype == np.float32
     assert result.pixels.shape == (5, 3, 5)
     assert result.original.shape == result.final.shape == result.success.shape == (5,)
@@ -529,16 +650,25 @@ def test_result_shapes_colour_and_three_pixels():
 @pytest.mark.slow
 def test_multilabel_untargeted_and_targeted_attacks(toy_multilabel):
     images = dark_images(20, seed=4)
-    images[:10, 0:2, 0:2] = 0.5                      # the first ten hold finding 0
+    images[:10, 0:2, 0:2] = 0.5  # the first ten hold finding 0
     clean = (predict_proba(toy_multilabel, images) > 0.5).astype(int)
     np.testing.assert_array_equal(clean.sum(axis=0), [10, 0, 0])
-    result = pixel.pixel_attack(toy_multilabel, images, pixels=1, population=40, generations=20, progress=False)
+    result = pixel.pixel_attack(
+        toy_multilabel, images, pixels=1, population=40, generations=20, progress=False
+    )
     assert result.multilabel and result.original.shape == (20, 3)
     np.testing.assert_array_equal(result.original, clean)
     assert result.success.mean() >= 0.8
     assert np.all(np.any(result.final[result.success] != clean[result.success], axis=1))
-    target = pixel.pixel_attack(toy_multilabel, images[10:], pixels=1, target=[0, 0, 1], population=40,
-                                generations=30, progress=False)
+    target = pixel.pixel_attack(
+        toy_multilabel,
+        images[10:],
+        pixels=1,
+        target=[0, 0, 1],
+        population=40,
+        generations=30,
+        progress=False,
+    )
     assert target.success.mean() >= 0.8
     assert np.all(target.final[target.success] == [0, 0, 1])
     tables = pixel.report(result, get_info("chest"), names=["A", "B", "C"])
@@ -581,6 +711,7 @@ def test_bad_arguments_raise_naming_the_parameter(toy, toy_multilabel):
 
 
 # --------------------------------------------------------------------------- the smoke model
+
 
 def boundary_images(model, test, n: int = 8, above: float = 0.6) -> np.ndarray:
     """The n test images of lowest clean confidence above ``above``: near, not on, the boundary."""
@@ -625,6 +756,7 @@ def test_smoke_model_bad_inputs_raise(smoke_pneumonia_model):
 
 # --------------------------------------------------------------------------- choosing images, cache, figures
 
+
 def fake_dataset(key: str, images, labels):
     """A MedDataset of ``images`` with ``key``'s dataset description (the toy models' images are not its own)."""
     from helpers.data import MedDataset
@@ -634,9 +766,13 @@ def fake_dataset(key: str, images, labels):
 
 def test_images_per_class_takes_only_correctly_classified_images(toy):
     images = dark_images(9, seed=3)
-    images[[1, 4], 3, 5, 0] = 1.0          # the toy predicts class 1 for these two
-    labels = np.array([0, 1, 0, 1, 0, 0, 1, 0, 0])   # image 1 right, image 3 and 6 wrong, image 4 wrong
-    dataset = fake_dataset("oct", images, labels)     # OCT: 4 classes; the toy has 3 outputs, class 3 absent
+    images[[1, 4], 3, 5, 0] = 1.0  # the toy predicts class 1 for these two
+    labels = np.array(
+        [0, 1, 0, 1, 0, 0, 1, 0, 0]
+    )  # image 1 right, image 3 and 6 wrong, image 4 wrong
+    dataset = fake_dataset(
+        "oct", images, labels
+    )  # OCT: 4 classes; the toy has 3 outputs, class 3 absent
     chosen = pixel.images_per_class(toy, dataset, per_class=3, classes=[0, 1], seed=0)
     assert set(chosen) == {0, 1}
     assert set(chosen[1]) == {1}
@@ -667,11 +803,15 @@ def test_frequent_label_sets_by_hand():
 
 def test_images_per_label_set_exact_and_by_true_set(toy_multilabel):
     images = dark_images(6, seed=4)
-    images[0, 0:2, 0:2, 0] = 1.0    # the region model predicts finding 0 for image 0
+    images[0, 0:2, 0:2, 0] = 1.0  # the region model predicts finding 0 for image 0
     labels = np.zeros((6, 14), np.uint8)
-    labels[[0, 1], 0] = 1           # images 0 and 1 truly show finding 0; the model misses image 1
+    labels[[0, 1], 0] = 1  # images 0 and 1 truly show finding 0; the model misses image 1
     dataset = fake_dataset("chest", images, labels)
-    model = dense_model(np.pad(region_model().layers[-1].get_weights()[0], ((0, 0), (0, 11))), [-10.0] * 14, "sigmoid")
+    model = dense_model(
+        np.pad(region_model().layers[-1].get_weights()[0], ((0, 0), (0, 11))),
+        [-10.0] * 14,
+        "sigmoid",
+    )
     sets = np.zeros((2, 14), np.uint8)
     sets[1, 0] = 1
     exact = pixel.images_per_label_set(model, dataset, sets, per_set=5)
@@ -697,11 +837,13 @@ def test_cached_attack_reloads_the_same_result_and_never_overwrites(toy, tmp_pat
     pixel.cached_attack(toy, "toy-model", images, **{**settings, "target": 2})
     assert len(list(tmp_path.glob("*.npz"))) == 3
     changed = pixel.PixelAttackResult(**{**first.__dict__, "success": ~first.success})
-    assert pixel.save_result(changed, files[0]) is False         # kept as it was
+    assert pixel.save_result(changed, files[0]) is False  # kept as it was
     np.testing.assert_array_equal(pixel.load_result(files[0]).success, first.success)
 
 
-def test_two_processes_attacking_at_once_both_finish_with_the_first_saved_result(toy, tmp_path, monkeypatch):
+def test_two_processes_attacking_at_once_both_finish_with_the_first_saved_result(
+    toy, tmp_path, monkeypatch
+):
     import threading
 
     images = dark_images(3, seed=6)
@@ -709,7 +851,7 @@ def test_two_processes_attacking_at_once_both_finish_with_the_first_saved_result
     both_computed = threading.Barrier(2, timeout=60)
     real_attack = pixel.pixel_attack
 
-    def attack_then_wait(*args, **kwargs):      # both compute before either saves: a real race
+    def attack_then_wait(*args, **kwargs):  # both compute before either saves: a real race
         result = real_attack(*args, **kwargs)
         both_computed.wait()
         return result
@@ -753,7 +895,7 @@ def test_cached_attack_of_a_changed_model_is_computed_anew(tmp_path):
     model = one_pixel_model()
     pixel.cached_attack(model, "toy-model", images, **settings)
     kernel, bias = model.layers[-1].get_weights()
-    model.layers[-1].set_weights([kernel, bias + 1.0])        # trained again under the same key
+    model.layers[-1].set_weights([kernel, bias + 1.0])  # trained again under the same key
     pixel.cached_attack(model, "toy-model", images, **settings)
     assert len(list(tmp_path.glob("*.npz"))) == 2
 
@@ -769,16 +911,21 @@ def test_prediction_text_single_and_multilabel(toy, toy_multilabel):
 
 def test_pixel_examples_circles_every_changed_pixel():
     import matplotlib
+
     matplotlib.use("Agg")
     from helpers import plots
 
     clean = np.zeros((2, 8, 8, 1), np.float32)
     pixels = np.array([[[1, 2, 1.0], [5, 6, 1.0]], [[0, 0, 1.0], [7, 7, 0.5]]])
     adversarial = pixel.apply_pixels(clean, pixels[:, None])[:, 0]
-    fig = plots.pixel_examples(clean, adversarial, pixels, ["a (90%)", "a (80%)"], ["b (60%)", "a (70%)"], "examples")
+    fig = plots.pixel_examples(
+        clean, adversarial, pixels, ["a (90%)", "a (80%)"], ["b (60%)", "a (70%)"], "examples"
+    )
     circles = [patch for ax in fig.axes for patch in ax.patches]
     assert len(circles) == 4
-    assert sorted(tuple(c.center) for c in circles) == sorted(map(tuple, pixels[..., :2].reshape(-1, 2)))
+    assert sorted(tuple(c.center) for c in circles) == sorted(
+        map(tuple, pixels[..., :2].reshape(-1, 2))
+    )
     assert fig.axes[2].get_xlabel() == "b (60%)" and fig._suptitle.get_text() == "examples"
     with pytest.raises(ValueError, match="one text per image"):
         plots.pixel_examples(clean, adversarial, pixels, ["a"], ["b", "c"], "x")
@@ -787,6 +934,8 @@ def test_pixel_examples_circles_every_changed_pixel():
 def test_the_random_control_is_the_searchs_own_starting_population(toy):
     images = dark_images(12, seed=8)
     control = pixel.random_pixels(toy, images, pixels=1, tries=15, seed=4)
-    search = pixel.pixel_attack(toy, images, pixels=1, population=15, generations=3, seed=4, progress=False)
+    search = pixel.pixel_attack(
+        toy, images, pixels=1, population=15, generations=3, seed=4, progress=False
+    )
     assert control.success.any() and np.all(search.success[control.success])
-    np.testing.assert_array_equal(search.generations[control.success], 0)     # stopped at its start
+    np.testing.assert_array_equal(search.generations[control.success], 0)  # stopped at its start

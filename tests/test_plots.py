@@ -1,4 +1,5 @@
 """Tests of helpers.plots: every figure is returned, titled and labelled; bad shapes fail."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -43,6 +44,7 @@ def tick_texts(labels):
 
 # --------------------------------------------------------------------------- confusion
 
+
 def test_confusion_heatmap_labels_and_ticks():
     fig = plots.confusion_heatmap(CM, NAMES, title="pneumonia")
     assert isinstance(fig, Figure)
@@ -59,16 +61,21 @@ def test_confusion_heatmap_labels_and_ticks():
 
 def test_confusion_heatmap_counts_on_given_ax():
     fig, ax = plt.subplots()
-    returned = plots.confusion_heatmap(np.array([[3, 1], [0, 4]]), ["a", "b"], "counts", ax=ax, fmt="d")
+    returned = plots.confusion_heatmap(
+        np.array([[3, 1], [0, 4]]), ["a", "b"], "counts", ax=ax, fmt="d"
+    )
     assert returned is fig
     assert tick_texts(ax.texts) == ["3", "1", "0", "4"]
 
 
-@pytest.mark.parametrize("cm, names, parameter", [
-    (np.zeros((2, 3)), ["a", "b"], "cm"),
-    (np.zeros(3), ["a", "b", "c"], "cm"),
-    (CM, ["a", "b"], "class_names"),
-])
+@pytest.mark.parametrize(
+    "cm, names, parameter",
+    [
+        (np.zeros((2, 3)), ["a", "b"], "cm"),
+        (np.zeros(3), ["a", "b", "c"], "cm"),
+        (CM, ["a", "b"], "class_names"),
+    ],
+)
 def test_confusion_heatmap_bad_shapes(cm, names, parameter):
     with pytest.raises(ValueError, match=parameter):
         plots.confusion_heatmap(cm, names, title="bad")
@@ -90,12 +97,15 @@ def test_confusion_grid_shared_names():
     assert_labelled(fig, n_axes=2)
 
 
-@pytest.mark.parametrize("matrices, names, parameter", [
-    ({}, NAMES, "matrices"),
-    ({"a": CM}, {"b": NAMES}, "class_names"),
-    ({"a": CM}, ["x", "y"], "class_names"),
-    ({"a": np.zeros((3, 2))}, NAMES, "matrices"),
-])
+@pytest.mark.parametrize(
+    "matrices, names, parameter",
+    [
+        ({}, NAMES, "matrices"),
+        ({"a": CM}, {"b": NAMES}, "class_names"),
+        ({"a": CM}, ["x", "y"], "class_names"),
+        ({"a": np.zeros((3, 2))}, NAMES, "matrices"),
+    ],
+)
 def test_confusion_grid_bad_input(matrices, names, parameter):
     with pytest.raises(ValueError, match=parameter):
         plots.confusion_grid(matrices, names, suptitle="bad")
@@ -103,13 +113,22 @@ def test_confusion_grid_bad_input(matrices, names, parameter):
 
 # --------------------------------------------------------------------------- training curves
 
+
 def test_training_curves_mixed_runs():
     histories = {
-        "pneumonia / small_cnn": {"loss": [0.7, 0.5, 0.4], "val_loss": [0.72, 0.6, 0.55],
-                                  "accuracy": [0.6, 0.75, 0.8], "val_accuracy": [0.58, 0.7, 0.74]},
-        "chest / small_cnn": {"loss": [0.4, 0.3, 0.25], "val_loss": [0.45, 0.35, 0.33],
-                              "binary_accuracy": [0.9, 0.92, 0.93], "auc_1": [0.6, 0.65, 0.7],
-                              "val_binary_accuracy": [0.9, 0.91, 0.92]},
+        "pneumonia / small_cnn": {
+            "loss": [0.7, 0.5, 0.4],
+            "val_loss": [0.72, 0.6, 0.55],
+            "accuracy": [0.6, 0.75, 0.8],
+            "val_accuracy": [0.58, 0.7, 0.74],
+        },
+        "chest / small_cnn": {
+            "loss": [0.4, 0.3, 0.25],
+            "val_loss": [0.45, 0.35, 0.33],
+            "binary_accuracy": [0.9, 0.92, 0.93],
+            "auc_1": [0.6, 0.65, 0.7],
+            "val_binary_accuracy": [0.9, 0.91, 0.92],
+        },
     }
     fig = plots.training_curves(histories, title="training")
     assert isinstance(fig, Figure)
@@ -137,6 +156,7 @@ def test_training_curves_bad_input(histories):
 
 # --------------------------------------------------------------------------- image grid
 
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_image_grid_grey_and_rgb(channels):
     images = np.random.default_rng(0).random((5, 8, 8, channels))
@@ -154,18 +174,22 @@ def test_image_grid_default_suptitle():
     assert fig.get_suptitle()
 
 
-@pytest.mark.parametrize("images, titles, parameter", [
-    (np.zeros((2, 4, 4, 2)), None, "images"),
-    (np.zeros((4, 4)), None, "images"),
-    (np.full((2, 4, 4, 1), 255.0), None, "images"),
-    (np.zeros((2, 4, 4, 1)), ["only one"], "titles"),
-])
+@pytest.mark.parametrize(
+    "images, titles, parameter",
+    [
+        (np.zeros((2, 4, 4, 2)), None, "images"),
+        (np.zeros((4, 4)), None, "images"),
+        (np.full((2, 4, 4, 1), 255.0), None, "images"),
+        (np.zeros((2, 4, 4, 1)), ["only one"], "titles"),
+    ],
+)
 def test_image_grid_bad_input(images, titles, parameter):
     with pytest.raises(ValueError, match=parameter):
         plots.image_grid(images, titles=titles)
 
 
 # --------------------------------------------------------------------------- class balance
+
 
 def test_class_balance_grouped_bars():
     counts = {"train": {"normal": 40, "pneumonia": 120}, "test": {"normal": 10, "pneumonia": 30}}
@@ -182,7 +206,10 @@ def test_class_balance_grouped_bars():
 
 def test_class_balance_on_given_ax_with_missing_class():
     fig, ax = plt.subplots()
-    counts = {"train": {"actinic keratosis": 5, "melanocytic nevi": 50}, "test": {"melanocytic nevi": 9}}
+    counts = {
+        "train": {"actinic keratosis": 5, "melanocytic nevi": 50},
+        "test": {"melanocytic nevi": 9},
+    }
     assert plots.class_balance(counts, title="DermaMNIST", ax=ax) is fig
     assert_labelled(fig, n_axes=1)
 

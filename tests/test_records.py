@@ -1,4 +1,5 @@
 """Recording a chapter's key numbers and checking them against references."""
+
 import json
 
 import numpy as np
@@ -20,13 +21,20 @@ def test_file_written_where_the_env_var_points(records_env):
     assert rec.path == records_env / "01_transfer_learning.results.json"
     written = load_results(rec.path)
     assert written.pop("peak_memory_mib") > 0
-    assert written == {"chapter": "01_transfer_learning", "scale": "smoke", "values": {}, "passes": {}}
+    assert written == {
+        "chapter": "01_transfer_learning",
+        "scale": "smoke",
+        "values": {},
+        "passes": {},
+    }
     rec.log("pneumonia/small_cnn/test_accuracy", 0.875)
     assert load_results(rec.path)["values"] == {"pneumonia/small_cnn/test_accuracy": 0.875}
 
 
 def test_the_file_holds_the_image_passes_counted_since_the_recorder_was_made(records_env):
-    costs.count(type("M", (), {"name": "vgg16_imagenet"})(), "forward", 99)     # before: not this chapter's
+    costs.count(
+        type("M", (), {"name": "vgg16_imagenet"})(), "forward", 99
+    )  # before: not this chapter's
     rec = Recorder("02_uap_nontargeted", "smoke")
     model = type("M", (), {"name": "resnet50_imagenet"})()
     costs.count(model, "forward", 30)
@@ -40,7 +48,10 @@ def test_the_file_holds_the_image_passes_counted_since_the_recorder_was_made(rec
 def test_default_folder_is_the_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("COURSE_RECORDS_DIR", raising=False)
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
-    assert Recorder("02_uap_nontargeted", "cpu").path == tmp_path / "cache" / "records" / "cpu" / "02_uap_nontargeted.results.json"
+    assert (
+        Recorder("02_uap_nontargeted", "cpu").path
+        == tmp_path / "cache" / "records" / "cpu" / "02_uap_nontargeted.results.json"
+    )
 
 
 def test_numpy_values_are_serialised(records_env):
@@ -51,7 +62,13 @@ def test_numpy_values_are_serialised(records_env):
     rec.log("a/zero_d", np.array(2.25))
     rec.log("a/str", np.str_("synthetic"))
     values = json.loads(rec.path.read_text())["values"]
-    assert values == {"a/float32": 0.5, "a/int64": 7, "a/bool": True, "a/zero_d": 2.25, "a/str": "synthetic"}
+    assert values == {
+        "a/float32": 0.5,
+        "a/int64": 7,
+        "a/bool": True,
+        "a/zero_d": 2.25,
+        "a/str": "synthetic",
+    }
     assert type(values["a/int64"]) is int and type(values["a/bool"]) is bool
     assert rec.values == values
 
@@ -85,7 +102,14 @@ REFERENCE = {
 
 
 def _results(**values):
-    base = {"acc": 0.7, "loss": 0.3, "frac": 0.3, "auc": 0.93, "data": "synthetic", "real_data": False}
+    base = {
+        "acc": 0.7,
+        "loss": 0.3,
+        "frac": 0.3,
+        "auc": 0.93,
+        "data": "synthetic",
+        "real_data": False,
+    }
     return {"chapter": "01_transfer_learning", "scale": "smoke", "values": {**base, **values}}
 
 
@@ -94,17 +118,20 @@ def test_passing_results_give_no_failures():
     assert check_against_reference(_results()["values"], REFERENCE) == []  # bare values work too
 
 
-@pytest.mark.parametrize("values, fragment", [
-    ({"acc": 0.5}, "acc = 0.5, expected >= 0.6"),
-    ({"loss": 1.5}, "loss = 1.5, expected <= 1.0"),
-    ({"frac": 0.1}, "frac = 0.1, expected >= 0.2"),
-    ({"frac": 0.5}, "frac = 0.5, expected <= 0.4"),
-    ({"auc": 0.8}, "auc = 0.8, expected 0.9 ± 0.05"),
-    ({"data": "medmnist"}, "data = 'medmnist', expected 'synthetic'"),
-    ({"acc": "high"}, "acc = 'high', expected a number"),
-    ({"acc": True}, "acc = True, expected a number"),
-    ({"acc": float("nan")}, "acc = nan, expected a number"),
-])
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"acc": 0.5}, "acc = 0.5, expected >= 0.6"),
+        ({"loss": 1.5}, "loss = 1.5, expected <= 1.0"),
+        ({"frac": 0.1}, "frac = 0.1, expected >= 0.2"),
+        ({"frac": 0.5}, "frac = 0.5, expected <= 0.4"),
+        ({"auc": 0.8}, "auc = 0.8, expected 0.9 ± 0.05"),
+        ({"data": "medmnist"}, "data = 'medmnist', expected 'synthetic'"),
+        ({"acc": "high"}, "acc = 'high', expected a number"),
+        ({"acc": True}, "acc = True, expected a number"),
+        ({"acc": float("nan")}, "acc = nan, expected a number"),
+    ],
+)
 def test_each_kind_of_failure(values, fragment):
     failures = check_against_reference(_results(**values), REFERENCE)
     assert len(failures) == 1 and fragment in failures[0], failures
@@ -122,8 +149,12 @@ def test_when_condition():
     assert check_against_reference(_results(), REFERENCE) == []
     # Applicable with real data.
     assert check_against_reference(_results(real_data=True, real_acc=0.85), REFERENCE) == []
-    assert check_against_reference(_results(real_data=True, real_acc=0.5), REFERENCE) == ["real_acc = 0.5, expected >= 0.8"]
-    assert check_against_reference(_results(real_data=True), REFERENCE) == ["real_acc: missing from the results"]
+    assert check_against_reference(_results(real_data=True, real_acc=0.5), REFERENCE) == [
+        "real_acc = 0.5, expected >= 0.8"
+    ]
+    assert check_against_reference(_results(real_data=True), REFERENCE) == [
+        "real_acc: missing from the results"
+    ]
 
 
 def test_when_condition_on_an_absent_key_is_a_failure():

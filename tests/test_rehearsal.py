@@ -6,6 +6,7 @@ budgets, random-initialised backbones and synthetic data. The gpu rehearsal runs
 rehearsal (seven backbones, 224 px resized to 299 px) takes about an hour on two cores and runs
 only when asked for: ``RUN_PAPER_REHEARSAL=1 pytest tests/test_rehearsal.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,16 @@ from helpers.pipeline import run, toc_chapters
 from helpers.scales import get_preset
 
 CHAPTERS = toc_chapters()
-SCALES = ["gpu", pytest.param("paper", marks=pytest.mark.skipif(
-    not os.environ.get("RUN_PAPER_REHEARSAL"), reason="about an hour: set RUN_PAPER_REHEARSAL=1 to run it"))]
+SCALES = [
+    "gpu",
+    pytest.param(
+        "paper",
+        marks=pytest.mark.skipif(
+            not os.environ.get("RUN_PAPER_REHEARSAL"),
+            reason="about an hour: set RUN_PAPER_REHEARSAL=1 to run it",
+        ),
+    ),
+]
 pytestmark = pytest.mark.slow
 
 
@@ -31,10 +40,18 @@ def rehearsal(request, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"rehearsal-{request.param}")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(config.ENV_CACHE_DIR, str(work / "cache"))
-        summary = run(request.param, work / "book", chapters=CHAPTERS, build=False,
-                      parameters={"REHEARSAL": True}, jobs=2)
+        summary = run(
+            request.param,
+            work / "book",
+            chapters=CHAPTERS,
+            build=False,
+            parameters={"REHEARSAL": True},
+            jobs=2,
+        )
     summary["preset"] = get_preset(request.param, rehearsal=True)
-    summary["values"] = {name: json.loads(Path(path).read_text()) for name, path in summary["results"].items()}
+    summary["values"] = {
+        name: json.loads(Path(path).read_text()) for name, path in summary["results"].items()
+    }
     return summary
 
 
@@ -44,7 +61,9 @@ def outputs_of(summary, chapter) -> str:
     parts = []
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
-            assert output.get("output_type") != "error", f"{chapter}: {output.get('ename')}: {output.get('evalue')}"
+            assert output.get("output_type") != "error", (
+                f"{chapter}: {output.get('ename')}: {output.get('evalue')}"
+            )
             parts.append(output.get("text", ""))
             parts.extend(str(v) for k, v in output.get("data", {}).items() if k.startswith("text/"))
     return "\n".join(parts)
@@ -79,4 +98,6 @@ def test_chapter_4_compares_pretrained_and_from_scratch_backbones_as_table_2(reh
 
 def test_the_counted_passes_agree_with_the_arithmetic_of_the_preset(rehearsal):
     folder = Path(next(iter(rehearsal["results"].values()))).parent
-    assert timing.check_against_counts(folder, rehearsal["preset"], parallel=True) == []   # chapters 2-7 side by side
+    assert (
+        timing.check_against_counts(folder, rehearsal["preset"], parallel=True) == []
+    )  # chapters 2-7 side by side

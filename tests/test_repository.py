@@ -1,4 +1,5 @@
 """The repository's own files: the two environments agree, the README's commands exist."""
+
 from __future__ import annotations
 
 import re

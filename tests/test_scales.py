@@ -1,9 +1,17 @@
 """Scale presets: one per scale, overrides, and what each scale promises."""
+
 import dataclasses
 
 import pytest
 
-from helpers.scales import PAPER_ARCHITECTURES, SCALES, TRAINING_FIELDS, Preset, as_preset, get_preset
+from helpers.scales import (
+    PAPER_ARCHITECTURES,
+    SCALES,
+    TRAINING_FIELDS,
+    Preset,
+    as_preset,
+    get_preset,
+)
 
 
 def test_every_scale_has_a_preset_of_that_name():
@@ -33,7 +41,7 @@ def test_overrides_change_only_the_named_fields():
     preset = get_preset("smoke", epochs=2, max_train=300)
     assert (preset.epochs, preset.max_train) == (2, 300)
     assert dataclasses.replace(preset, epochs=base.epochs, max_train=base.max_train) == base
-    assert get_preset("smoke") == base and base.epochs == 6      # the stored preset is untouched
+    assert get_preset("smoke") == base and base.epochs == 6  # the stored preset is untouched
 
 
 def test_unknown_override_field_is_rejected():
@@ -64,24 +72,36 @@ def test_gpu_uses_64_to_128_px_and_imagenet_weights():
 
 def test_paper_follows_paper_000():
     paper = get_preset("paper")
-    assert paper.architectures == ("inception_v3", "vgg16", "vgg19", "resnet50",
-                                   "inception_resnet_v2", "densenet121", "densenet169")
+    assert paper.architectures == (
+        "inception_v3",
+        "vgg16",
+        "vgg19",
+        "resnet50",
+        "inception_resnet_v2",
+        "densenet121",
+        "densenet169",
+    )
     assert paper.main_architecture == "inception_v3"
     assert paper.epochs == 50 and paper.batch_size == 32
     assert paper.image_size == 224 and paper.backbone_input == 299
     assert paper.weights == "imagenet" and not paper.offline_fallback
     assert paper.uap_i_max == 15 and paper.retrain_rounds == 5 and paper.retrain_epochs == 5
-    assert paper.max_train is None and paper.train_per_class is None   # no caps: the papers' own subsets
+    assert (
+        paper.max_train is None and paper.train_per_class is None
+    )  # no caps: the papers' own subsets
     # paper 000, Methods: eps = 0.0024 on images scaled (X - 128) / 128, i.e. 0.0012 on [0, 1]
     assert paper.uap_eps == pytest.approx(0.0012, abs=1e-5)
-    assert paper.uap_mode == "faithful"                               # the paper's algorithm, not the variant
-    assert paper.pixel_victim == "resnet50"                           # paper 004 attacks ResNet50
+    assert paper.uap_mode == "faithful"  # the paper's algorithm, not the variant
+    assert paper.pixel_victim == "resnet50"  # paper 004 attacks ResNet50
 
 
 def test_uap_mode_and_pixel_victim_per_scale():
     modes = {scale: get_preset(scale).uap_mode for scale in SCALES}
     assert modes == {"smoke": "faithful", "cpu": "faithful", "gpu": "batched", "paper": "faithful"}
-    assert get_preset("gpu").pixel_victim == "resnet50" and "resnet50" in get_preset("gpu").architectures
+    assert (
+        get_preset("gpu").pixel_victim == "resnet50"
+        and "resnet50" in get_preset("gpu").architectures
+    )
     assert get_preset("smoke").pixel_victim == get_preset("smoke").main_architecture
 
 
@@ -124,13 +144,28 @@ def test_a_rehearsal_keeps_the_scales_shapes_and_paths_and_shrinks_only_the_budg
     from helpers.scales import REHEARSAL_BUDGETS
 
     stock, rehearsal = get_preset(scale), get_preset(scale, rehearsal=True)
-    changed = {f.name for f in fields(stock) if getattr(stock, f.name) != getattr(rehearsal, f.name)}
+    changed = {
+        f.name for f in fields(stock) if getattr(stock, f.name) != getattr(rehearsal, f.name)
+    }
     assert changed <= set(REHEARSAL_BUDGETS) | {"rehearsal", "zeta_grid"}
-    assert rehearsal.zeta_grid == stock.zeta_grid[:2] and rehearsal.uap_i_max == 1 and rehearsal.epochs == 1
-    for kept in ("architectures", "image_size", "backbone_input", "weights", "uap_mode", "pixel_victim"):
+    assert (
+        rehearsal.zeta_grid == stock.zeta_grid[:2]
+        and rehearsal.uap_i_max == 1
+        and rehearsal.epochs == 1
+    )
+    for kept in (
+        "architectures",
+        "image_size",
+        "backbone_input",
+        "weights",
+        "uap_mode",
+        "pixel_victim",
+    ):
         assert getattr(rehearsal, kept) == getattr(stock, kept)
     assert rehearsal.label == f"{scale}-rehearsal" and stock.label == scale
-    assert rehearsal.model_tag().startswith(f"{scale}-rehearsal-")   # never the cache entries of the real scale
+    assert rehearsal.model_tag().startswith(
+        f"{scale}-rehearsal-"
+    )  # never the cache entries of the real scale
     assert "REHEARSAL" in rehearsal.describe() and "REHEARSAL" not in stock.describe()
 
 

@@ -4,6 +4,7 @@ the check against a run's results files and the T4 cost model.
 ``COURSE_REHEARSAL_RESULTS=<book>/chapters`` also checks a finished rehearsal's results files
 (``python -m helpers.pipeline --scale gpu --rehearsal``, all chapters in one fresh cache).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ def as_passes(work: timing.Work) -> dict:
 
 # --------------------------------------------------------------------------- building blocks
 
+
 def test_uap_passes_by_hand():
     # N = 10 attack images, i = 3 passes, E = 4 evaluation images:
     # forward N + E (clean) + i (3N + N + E), backward i N
@@ -45,15 +47,28 @@ def test_uap_passes_by_hand():
 def test_uap_passes_equal_what_universal_perturbation_counts(mode):
     images, evaluation = flat(*np.linspace(0.1, 0.9, 6)), flat(0.2, 0.4, 0.6)
     model = brightness_model()
-    passes = counted(lambda: uap.universal_perturbation(model, images, xi=0.05, eps=0.01, i_max=2, mode=mode,
-                                                        eval_images=evaluation, progress=False))
+    passes = counted(
+        lambda: uap.universal_perturbation(
+            model,
+            images,
+            xi=0.05,
+            eps=0.01,
+            i_max=2,
+            mode=mode,
+            eval_images=evaluation,
+            progress=False,
+        )
+    )
     assert passes == as_passes(timing.uap_passes("toy", 6, 2, eval_images=3))
 
 
 def test_pixel_passes_equal_what_the_attacks_count_without_early_stop():
     images, model = flat(0.3, 0.45, 0.6), brightness_model()
-    attack = counted(lambda: pixel.pixel_attack(model, images, pixels=1, population=5, generations=3,
-                                                early_stop=None, progress=False))
+    attack = counted(
+        lambda: pixel.pixel_attack(
+            model, images, pixels=1, population=5, generations=3, early_stop=None, progress=False
+        )
+    )
     control = counted(lambda: pixel.random_pixels(model, images, pixels=2, tries=7))
     assert attack == as_passes(timing.pixel_attack_passes("toy", 3, 5, 3))
     assert control == as_passes(timing.random_pixel_passes("toy", 3, 7))
@@ -70,11 +85,18 @@ def test_training_passes_equal_what_fit_counts():
 
 
 def test_retraining_passes_by_hand():
-    preset = get_preset("smoke", uap_images=5, eval_images=4, uap_i_max=2, retrain_rounds=2, retrain_uaps=3,
-                        retrain_epochs=1)
+    preset = get_preset(
+        "smoke",
+        uap_images=5,
+        eval_images=4,
+        uap_i_max=2,
+        retrain_rounds=2,
+        retrain_uaps=3,
+        retrain_epochs=1,
+    )
     sizes = timing.SplitSizes(train=20, val=6, test=9, distinct=20)
-    uap_forward = 5 + 2 * 4 * 5                       # one UAP: N + i (4N)
-    per_round = (1 + 3) * uap_forward + 2 * 4 + (20 + 6)   # fresh + 3 UAPs, evaluation, one epoch
+    uap_forward = 5 + 2 * 4 * 5  # one UAP: N + i (4N)
+    per_round = (1 + 3) * uap_forward + 2 * 4 + (20 + 6)  # fresh + 3 UAPs, evaluation, one epoch
     work = timing.retraining_passes("small_cnn", preset, sizes)
     assert work.forward == uap_forward + 2 * 4 + 2 * per_round
     assert work.backward == (1 + 2 * 4) * 2 * 5 + 2 * 20
@@ -83,11 +105,20 @@ def test_retraining_passes_by_hand():
 def test_retraining_passes_equal_what_adversarial_retraining_counts(tmp_path):
     info = data.get_info("pneumonia")
     means = np.linspace(0.05, 0.95, 12)
-    splits = {split: data.MedDataset(info, split, flat(*means[:n]), (np.arange(n) % 2).astype(np.int64))
-              for split, n in (("train", 12), ("val", 4), ("test", 6))}
+    splits = {
+        split: data.MedDataset(info, split, flat(*means[:n]), (np.arange(n) % 2).astype(np.int64))
+        for split, n in (("train", 12), ("val", 4), ("test", 6))
+    }
     trained = training.TrainedModel(brightness_model(), "toy", tmp_path, {})
-    preset = get_preset("smoke", uap_images=5, eval_images=4, uap_i_max=1, retrain_rounds=1, retrain_uaps=2,
-                        retrain_epochs=1)
+    preset = get_preset(
+        "smoke",
+        uap_images=5,
+        eval_images=4,
+        uap_i_max=1,
+        retrain_rounds=1,
+        retrain_uaps=2,
+        retrain_epochs=1,
+    )
     passes = counted(lambda: retrain_run(trained, splits, preset, tmp_path))
     sizes = timing.SplitSizes(train=12, val=4, test=6, distinct=12)
     assert passes == as_passes(timing.retraining_passes("toy", preset, sizes))
@@ -97,19 +128,36 @@ def retrain_run(trained, splits, preset, folder):
     from helpers import retrain
 
     return retrain.adversarial_retraining(
-        trained, splits, zeta=0.04, eps=0.01, rounds=preset.retrain_rounds, uaps_per_round=preset.retrain_uaps,
-        epochs=preset.retrain_epochs, attack_images=preset.uap_images, i_max=preset.uap_i_max,
-        eval_images=preset.eval_images, mode="batched", cache=folder / "runs", progress=False)
+        trained,
+        splits,
+        zeta=0.04,
+        eps=0.01,
+        rounds=preset.retrain_rounds,
+        uaps_per_round=preset.retrain_uaps,
+        epochs=preset.retrain_epochs,
+        attack_images=preset.uap_images,
+        i_max=preset.uap_i_max,
+        eval_images=preset.eval_images,
+        mode="batched",
+        cache=folder / "runs",
+        progress=False,
+    )
 
 
 # --------------------------------------------------------------------------- the chapters
 
+
 def test_chapter_1_by_hand():
     sizes = timing.split_sizes(REHEARSAL)
-    per_arch = sum((s.train + s.val) + s.test + s.train for s in sizes.values())    # one epoch, then accuracy
+    per_arch = sum(
+        (s.train + s.val) + s.test + s.train for s in sizes.values()
+    )  # one epoch, then accuracy
     passes = timing.chapter_passes("01_transfer_learning", REHEARSAL)
-    assert passes["resnet50"] == {"forward": per_arch, "backward": sum(s.train for s in sizes.values())}
-    assert passes["inception_v3"]["forward"] == per_arch + sizes["chest"].test      # AUC per finding
+    assert passes["resnet50"] == {
+        "forward": per_arch,
+        "backward": sum(s.train for s in sizes.values()),
+    }
+    assert passes["inception_v3"]["forward"] == per_arch + sizes["chest"].test  # AUC per finding
 
 
 def test_a_cached_uap_is_counted_once():
@@ -137,11 +185,14 @@ def test_unknown_chapter_is_refused():
 
 
 def test_official_sizes_by_hand():
-    sizes = timing.official_sizes(get_preset("gpu", train_per_class=1960, test_per_class=840, max_train=8000,
-                                             max_test=3000))
-    assert sizes["pneumonia"] == timing.SplitSizes(1800, 524, 504, 1800, (234, 270))   # 900 per class; 234 + 270
+    sizes = timing.official_sizes(
+        get_preset("gpu", train_per_class=1960, test_per_class=840, max_train=8000, max_test=3000)
+    )
+    assert sizes["pneumonia"] == timing.SplitSizes(
+        1800, 524, 504, 1800, (234, 270)
+    )  # 900 per class; 234 + 270
     assert (sizes["oct"].train, sizes["oct"].test) == (4 * 1960, 1000)
-    assert (sizes["derma"].train, sizes["chest"].train) == (8000, 8000)              # max_train
+    assert (sizes["derma"].train, sizes["chest"].train) == (8000, 8000)  # max_train
 
 
 @pytest.mark.filterwarnings("ignore:.*MD5 differs")
@@ -149,34 +200,44 @@ def test_official_sizes_match_the_real_file(real_medmnist_dir):
     if real_medmnist_dir is None:
         pytest.skip("the real pneumoniamnist.npz is not available")
     preset = get_preset("smoke")
-    splits = data.load_for_scale("pneumonia", preset, root=real_medmnist_dir, source="real", verbose=False)
+    splits = data.load_for_scale(
+        "pneumonia", preset, root=real_medmnist_dir, source="real", verbose=False
+    )
     assert timing.official_sizes(preset)["pneumonia"] == timing._sizes_of(splits)
 
 
 # --------------------------------------------------------------------------- the check
 
+
 def write_results(folder, chapter: str, passes: dict) -> None:
-    (folder / f"{chapter}.results.json").write_text(json.dumps({"chapter": chapter, "passes": passes}))
+    (folder / f"{chapter}.results.json").write_text(
+        json.dumps({"chapter": chapter, "passes": passes})
+    )
 
 
 def test_check_against_counts(tmp_path):
     least, most = timing.passes_range("05_pixel_attacks", REHEARSAL, shared_cache=True)
-    write_results(tmp_path, "01_transfer_learning", timing.chapter_passes("01_transfer_learning", REHEARSAL))
-    write_results(tmp_path, "05_pixel_attacks", least)               # every attack stopped at once: allowed
+    write_results(
+        tmp_path, "01_transfer_learning", timing.chapter_passes("01_transfer_learning", REHEARSAL)
+    )
+    write_results(tmp_path, "05_pixel_attacks", least)  # every attack stopped at once: allowed
     assert timing.check_against_counts(tmp_path, REHEARSAL) == []
     too_many = {"resnet50": {"forward": most["resnet50"]["forward"] + 1, "backward": 0}}
     write_results(tmp_path, "05_pixel_attacks", too_many)
     (message,) = timing.check_against_counts(tmp_path, REHEARSAL)
-    assert message.startswith("05_pixel_attacks resnet50 forward: counted") and "(difference +1)" in message
+    assert (
+        message.startswith("05_pixel_attacks resnet50 forward: counted")
+        and "(difference +1)" in message
+    )
 
 
 def test_chapters_run_side_by_side_may_redo_what_an_earlier_one_had_not_saved_yet(tmp_path):
-    chapter = "04_natural_image_uaps"             # reuses chapter 2's UAPs when run after it
+    chapter = "04_natural_image_uaps"  # reuses chapter 2's UAPs when run after it
     shared = timing.chapter_passes(chapter, REHEARSAL, shared_cache=True)
     alone = timing.chapter_passes(chapter, REHEARSAL, shared_cache=False)
     assert alone != shared
     write_results(tmp_path, chapter, alone)
-    assert timing.check_against_counts(tmp_path, REHEARSAL) != []             # in order: it must reuse them
+    assert timing.check_against_counts(tmp_path, REHEARSAL) != []  # in order: it must reuse them
     assert timing.check_against_counts(tmp_path, REHEARSAL, parallel=True) == []
 
 
@@ -189,8 +250,13 @@ def test_a_finished_rehearsal_agrees():
 
 # --------------------------------------------------------------------------- the T4
 
+
 def test_resnet50_at_224_px_takes_2_41_ms_and_a_backward_pass_twice_that():
-    assert timing.forward_ms("resnet50", 224) == pytest.approx(1000 / 414.66) == pytest.approx(2.41, abs=0.005)
+    assert (
+        timing.forward_ms("resnet50", 224)
+        == pytest.approx(1000 / 414.66)
+        == pytest.approx(2.41, abs=0.005)
+    )
     preset = get_preset("gpu", backbone_input=224)
     forward = timing.passes_minutes({"resnet50": {"forward": 60_000, "backward": 0}}, preset)
     backward = timing.passes_minutes({"resnet50": {"forward": 0, "backward": 60_000}}, preset)
@@ -219,7 +285,11 @@ def test_the_readmes_gpu_and_paper_times_are_the_arithmetic(scale, column, unit)
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if re.match(r"\| \d\. .*\(\[notebook\]\(chapters/", line)]
+    rows = [
+        line
+        for line in readme.splitlines()
+        if re.match(r"\| \d\. .*\(\[notebook\]\(chapters/", line)
+    ]
     assert len(rows) == len(timing.CHAPTERS)
     preset = get_preset(scale)
     sizes = timing.official_sizes(preset)
@@ -227,4 +297,8 @@ def test_the_readmes_gpu_and_paper_times_are_the_arithmetic(scale, column, unit)
         assert f"chapters/{chapter}.ipynb" in row
         shown = float(re.search(r"[\d.]+", row.split("|")[column + 1]).group())
         predicted = timing.predicted_minutes(chapter, preset, sizes) / unit
-        assert shown == pytest.approx(predicted, abs=0.051 if unit == 1 else 0.51), (chapter, shown, predicted)
+        assert shown == pytest.approx(predicted, abs=0.051 if unit == 1 else 0.51), (
+            chapter,
+            shown,
+            predicted,
+        )

@@ -7,6 +7,7 @@ stand-in). The model trained on the synthetic stand-in is more robust to small p
 so there the UAP is 8 % of the mean image norm instead of 4 %; the course's own claims at 4 %
 are checked on the real data only (``test_course_claims_on_real_pneumonia``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ from helpers import uap
 from helpers.models import build_model
 from toy_models import brightness_model, flat
 
-EPS = 0.01        # FGSM step strength: at 100 images and 3 passes the UAP fills its ball
+EPS = 0.01  # FGSM step strength: at 100 images and 3 passes the UAP fills its ball
 I_MAX = 3
-N_IMAGES = 100    # training images the UAP is computed from
+N_IMAGES = 100  # training images the UAP is computed from
 
 
 def as_images(*vectors):
@@ -30,6 +31,7 @@ def as_images(*vectors):
 
 
 # --------------------------------------------------------------------------- hand-computed
+
 
 def test_lp_norms_by_hand():
     images = as_images([3.0, 4.0], [0.0, -2.0])
@@ -71,7 +73,7 @@ def test_random_perturbation_l2_has_norm_xi_exactly():
 def test_random_perturbation_linf_is_uniform_in_the_ball_as_the_papers_control():
     rho = uap.random_perturbation((64, 64, 3), 0.05, np.inf, seed=3)
     assert rho.dtype == np.float32 and np.abs(rho).max() <= 0.05
-    counts, _ = np.histogram(rho, bins=10, range=(-0.05, 0.05))        # uniform: every tenth about 10 %
+    counts, _ = np.histogram(rho, bins=10, range=(-0.05, 0.05))  # uniform: every tenth about 10 %
     assert np.all(np.abs(counts / rho.size - 0.1) < 0.01)
     # mean square xi^2 / 3: sqrt(3) less L2 energy than the +-xi vertices
     vertices = uap.random_perturbation((64, 64, 3), 0.05, np.inf, seed=3, inf_kind="vertices")
@@ -104,6 +106,7 @@ def test_parse_norm_spellings():
 
 # --------------------------------------------------------------------------- bad input
 
+
 @pytest.fixture(scope="module")
 def untrained():
     """An untrained small CNN: enough for the checks that run before any attack."""
@@ -115,39 +118,45 @@ def few_images():
     return np.random.default_rng(0).uniform(0, 1, (4, 28, 28, 1)).astype(np.float32)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    ({"zeta": 0.0}, "zeta"),
-    ({"zeta": -0.04}, "zeta"),
-    ({"zeta": float("nan")}, "zeta"),
-    ({"zeta": 0.04, "xi": 0.5}, "zeta"),
-    ({}, "zeta"),
-    ({"xi": 0.0}, "xi"),
-    ({"zeta": 0.04, "norm": 1}, "norm"),
-    ({"zeta": 0.04, "norm": "l7"}, "norm"),
-    ({"zeta": 0.04, "target": 2}, "target"),
-    ({"zeta": 0.04, "target": -1}, "target"),
-    ({"zeta": 0.04, "target": 1.0}, "target"),
-    ({"zeta": 0.04, "target": "1"}, "target"),
-    ({"zeta": 0.04, "eps": 0.0}, "eps"),
-    ({"zeta": 0.04, "eps": -0.01}, "eps"),
-    ({"zeta": 0.04, "eps": float("nan")}, "eps"),
-    ({"zeta": 0.04, "i_max": 0}, "i_max"),
-    ({"zeta": 0.04, "mode": "fast"}, "mode"),
-    ({"zeta": 0.04, "batch_size": 0}, "batch_size"),
-    ({"zeta": 0.04, "init": np.zeros((5, 5, 1), np.float32)}, "init"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"zeta": 0.0}, "zeta"),
+        ({"zeta": -0.04}, "zeta"),
+        ({"zeta": float("nan")}, "zeta"),
+        ({"zeta": 0.04, "xi": 0.5}, "zeta"),
+        ({}, "zeta"),
+        ({"xi": 0.0}, "xi"),
+        ({"zeta": 0.04, "norm": 1}, "norm"),
+        ({"zeta": 0.04, "norm": "l7"}, "norm"),
+        ({"zeta": 0.04, "target": 2}, "target"),
+        ({"zeta": 0.04, "target": -1}, "target"),
+        ({"zeta": 0.04, "target": 1.0}, "target"),
+        ({"zeta": 0.04, "target": "1"}, "target"),
+        ({"zeta": 0.04, "eps": 0.0}, "eps"),
+        ({"zeta": 0.04, "eps": -0.01}, "eps"),
+        ({"zeta": 0.04, "eps": float("nan")}, "eps"),
+        ({"zeta": 0.04, "i_max": 0}, "i_max"),
+        ({"zeta": 0.04, "mode": "fast"}, "mode"),
+        ({"zeta": 0.04, "batch_size": 0}, "batch_size"),
+        ({"zeta": 0.04, "init": np.zeros((5, 5, 1), np.float32)}, "init"),
+    ],
+)
 def test_bad_arguments_name_the_parameter(untrained, few_images, kwargs, word):
     with pytest.raises(ValueError, match=word):
         uap.universal_perturbation(untrained, few_images, progress=False, **kwargs)
 
 
-@pytest.mark.parametrize("images, word", [
-    (np.full((4, 28, 28, 1), 255.0, np.float32), r"\[0, 1\]"),
-    (np.full((4, 28, 28, 1), -0.1, np.float32), r"\[0, 1\]"),
-    (np.zeros((4, 32, 32, 1), np.float32), "shape"),
-    (np.zeros((4, 28, 28, 3), np.float32), "shape"),
-    (np.zeros((28, 28, 1), np.float32), "shape"),
-])
+@pytest.mark.parametrize(
+    "images, word",
+    [
+        (np.full((4, 28, 28, 1), 255.0, np.float32), r"\[0, 1\]"),
+        (np.full((4, 28, 28, 1), -0.1, np.float32), r"\[0, 1\]"),
+        (np.zeros((4, 32, 32, 1), np.float32), "shape"),
+        (np.zeros((4, 28, 28, 3), np.float32), "shape"),
+        (np.zeros((28, 28, 1), np.float32), "shape"),
+    ],
+)
 def test_bad_images(untrained, images, word):
     with pytest.raises(ValueError, match=f"images.*{word}"):
         uap.universal_perturbation(untrained, images, zeta=0.04, progress=False)
@@ -155,13 +164,16 @@ def test_bad_images(untrained, images, word):
 
 def test_empty_images(untrained):
     with pytest.raises(ValueError, match="images is empty"):
-        uap.universal_perturbation(untrained, np.zeros((0, 28, 28, 1), np.float32), zeta=0.04, progress=False)
+        uap.universal_perturbation(
+            untrained, np.zeros((0, 28, 28, 1), np.float32), zeta=0.04, progress=False
+        )
 
 
 def test_bad_eval_images(untrained, few_images):
     with pytest.raises(ValueError, match="eval_images"):
-        uap.universal_perturbation(untrained, few_images, zeta=0.04, eval_images=few_images[..., 0],
-                                   progress=False)
+        uap.universal_perturbation(
+            untrained, few_images, zeta=0.04, eval_images=few_images[..., 0], progress=False
+        )
 
 
 def test_logit_model_is_refused(few_images):
@@ -185,8 +197,11 @@ def test_xi_from_zeta_refuses_bad_zeta(few_images):
 
 
 def test_unknown_norm_everywhere(few_images):
-    for call in (lambda: uap.lp_norms(few_images, 1), lambda: uap.project(few_images[0], 1.0, "l1"),
-                 lambda: uap.random_perturbation((2, 2, 1), 1.0, 3)):
+    for call in (
+        lambda: uap.lp_norms(few_images, 1),
+        lambda: uap.project(few_images[0], 1.0, "l1"),
+        lambda: uap.random_perturbation((2, 2, 1), 1.0, 3),
+    ):
         with pytest.raises(ValueError, match="norm"):
             call()
 
@@ -209,9 +224,11 @@ def test_faithful_accept_reject_rule_by_hand():
     model = brightness_model()
     outcomes = set()
     for seed in range(8):
-        result = uap.universal_perturbation(model, HAND, i_max=1, mode="faithful", seed=seed, **HAND_SETTINGS)
+        result = uap.universal_perturbation(
+            model, HAND, i_max=1, mode="faithful", seed=seed, **HAND_SETTINGS
+        )
         level = float(result.perturbation.mean())
-        np.testing.assert_allclose(result.perturbation, level, atol=1e-6)     # every pixel moved alike
+        np.testing.assert_allclose(result.perturbation, level, atol=1e-6)  # every pixel moved alike
         if abs(level - 0.15) < 1e-6:
             assert result.rates == pytest.approx([0.5])
         else:
@@ -234,7 +251,9 @@ def test_batched_pass_sums_accepted_steps_by_hand():
 def test_targeted_pass_skips_images_already_in_the_target_by_hand():
     """Targeted to class 1, one batch at rho = 0: A's step reaches the target and is kept, B's does not;
     C, already in class 1, takes no step (a step on it would add another 0.1). R_s = A, C of four."""
-    result = uap.universal_perturbation(brightness_model(), HAND, i_max=1, mode="batched", target=1, **HAND_SETTINGS)
+    result = uap.universal_perturbation(
+        brightness_model(), HAND, i_max=1, mode="batched", target=1, **HAND_SETTINGS
+    )
     np.testing.assert_allclose(result.perturbation, 0.1, atol=1e-6)
     assert result.rates == pytest.approx([0.5])
 
@@ -242,19 +261,26 @@ def test_targeted_pass_skips_images_already_in_the_target_by_hand():
 @pytest.mark.parametrize("stop_at, passes", [(0.5, 2), (0.25, 1), (0.6, 5), (None, 5)])
 def test_stop_at_stops_after_the_pass_that_reaches_it(stop_at, passes):
     """Batched: R_f is 0.25 after pass 1 and 0.5 from pass 2 on (never more)."""
-    result = uap.universal_perturbation(brightness_model(), HAND, i_max=5, mode="batched", stop_at=stop_at,
-                                        **HAND_SETTINGS)
-    assert result.passes == passes and result.rates == pytest.approx([0.25, 0.5, 0.5, 0.5, 0.5][:passes])
+    result = uap.universal_perturbation(
+        brightness_model(), HAND, i_max=5, mode="batched", stop_at=stop_at, **HAND_SETTINGS
+    )
+    assert result.passes == passes and result.rates == pytest.approx(
+        [0.25, 0.5, 0.5, 0.5, 0.5][:passes]
+    )
 
 
-@pytest.mark.parametrize("norm, xi", [(np.inf, 0.15), (2, 0.6)])   # a uniform 0.15 on 16 pixels: L2 norm 0.6
+@pytest.mark.parametrize(
+    "norm, xi", [(np.inf, 0.15), (2, 0.6)]
+)  # a uniform 0.15 on 16 pixels: L2 norm 0.6
 def test_init_warm_start_continues_from_init(norm, xi):
     """B, C, D alone: from rho = 0 nothing flips; from rho = 0.1, B's step is kept (rho -> 0.15)."""
     model, images = brightness_model(), HAND[1:]
     settings = dict(xi=xi, norm=norm, eps=0.1, i_max=1, mode="faithful", progress=False)
     cold = uap.universal_perturbation(model, images, **settings)
     assert np.all(cold.perturbation == 0) and cold.rates == [0.0]
-    warm = uap.universal_perturbation(model, images, init=np.full((4, 4, 1), 0.1, np.float32), **settings)
+    warm = uap.universal_perturbation(
+        model, images, init=np.full((4, 4, 1), 0.1, np.float32), **settings
+    )
     np.testing.assert_allclose(warm.perturbation, 0.15, atol=1e-6)
     assert warm.rates == pytest.approx([1 / 3])
 
@@ -263,37 +289,84 @@ def test_init_warm_start_continues_from_init(norm, xi):
 def test_init_outside_the_ball_is_projected_first(norm):
     xi = 0.05
     init = uap.random_perturbation((4, 4, 1), 3 * xi, norm, seed=5)
-    result = uap.universal_perturbation(brightness_model(), flat(0.1, 0.9), xi=xi, norm=norm, eps=0.01, i_max=1,
-                                        init=init, mode="faithful", progress=False)   # no step can flip these
+    result = uap.universal_perturbation(
+        brightness_model(),
+        flat(0.1, 0.9),
+        xi=xi,
+        norm=norm,
+        eps=0.01,
+        i_max=1,
+        init=init,
+        mode="faithful",
+        progress=False,
+    )  # no step can flip these
     np.testing.assert_allclose(result.perturbation, uap.project(init, xi, norm), atol=1e-6)
     assert uap.lp_norms(result.perturbation[None], norm)[0] == pytest.approx(xi, rel=1e-4)
 
 
 # --------------------------------------------------------------------------- the cache
 
+
 def key_settings(**changes):
-    settings = dict(zeta=0.04, norm=2, eps=0.01, i_max=3, target=None, mode="batched", seed=0, source="train",
-                    xi=0.5, images_digest="a" * 12, weights_digest="b" * 12)
+    settings = dict(
+        zeta=0.04,
+        norm=2,
+        eps=0.01,
+        i_max=3,
+        target=None,
+        mode="batched",
+        seed=0,
+        source="train",
+        xi=0.5,
+        images_digest="a" * 12,
+        weights_digest="b" * 12,
+    )
     return {**settings, **changes}
 
 
-@pytest.mark.parametrize("change", [
-    {"zeta": 0.02}, {"norm": np.inf}, {"eps": 0.02}, {"i_max": 4}, {"target": 1}, {"mode": "faithful"},
-    {"seed": 1}, {"source": "natural"}, {"xi": 0.51}, {"images_digest": "c" * 12}, {"weights_digest": "d" * 12},
-    {"step_norm": 2}, {"batch_size": 64}, {"stop_at": 0.9}, {"init_digest": "e" * 12}, {"eval_digest": "f" * 12},
-], ids=lambda change: next(iter(change)))
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"zeta": 0.02},
+        {"norm": np.inf},
+        {"eps": 0.02},
+        {"i_max": 4},
+        {"target": 1},
+        {"mode": "faithful"},
+        {"seed": 1},
+        {"source": "natural"},
+        {"xi": 0.51},
+        {"images_digest": "c" * 12},
+        {"weights_digest": "d" * 12},
+        {"step_norm": 2},
+        {"batch_size": 64},
+        {"stop_at": 0.9},
+        {"init_digest": "e" * 12},
+        {"eval_digest": "f" * 12},
+    ],
+    ids=lambda change: next(iter(change)),
+)
 def test_uap_key_changes_with_every_setting(change):
     base = uap.uap_key("model-key", 100, **key_settings())
     assert base.startswith("model-key--uap-nt-p2-zeta0.04-")
-    assert base.endswith(f"--w{'b' * 12}-x{'a' * 12}")       # readable settings first, digests last
+    assert base.endswith(f"--w{'b' * 12}-x{'a' * 12}")  # readable settings first, digests last
     assert uap.uap_key("model-key", 100, **key_settings(**change)) != base
 
 
 def test_cached_uap_tells_apart_attack_sets_of_the_same_size(tmp_path):
     """Two attack sets of four images: A's step fools in the first, nothing flips in the second."""
     model = brightness_model()
-    settings = dict(zeta=0.35, norm=np.inf, eps=0.1, i_max=1, source="natural4", cache=tmp_path, progress=False,
-                    norm_images=flat(0.4, 0.4), mode="batched")                          # xi = 0.35 x 0.4 = 0.14
+    settings = dict(
+        zeta=0.35,
+        norm=np.inf,
+        eps=0.1,
+        i_max=1,
+        source="natural4",
+        cache=tmp_path,
+        progress=False,
+        norm_images=flat(0.4, 0.4),
+        mode="batched",
+    )  # xi = 0.35 x 0.4 = 0.14
     with_a = uap.cached_uap(model, "model-key", HAND, **settings)
     without_a = uap.cached_uap(model, "model-key", flat(0.38, 0.38, 0.70, 0.10), **settings)
     assert with_a.xi == without_a.xi == pytest.approx(0.14)
@@ -304,10 +377,14 @@ def test_cached_uap_tells_apart_attack_sets_of_the_same_size(tmp_path):
 
 def test_cached_uap_recomputes_for_changed_weights_and_reloads_otherwise(tmp_path, monkeypatch):
     model = brightness_model(0.5)
-    settings = dict(zeta=0.4, norm=np.inf, eps=0.1, i_max=1, cache=tmp_path, progress=False, mode="batched")
+    settings = dict(
+        zeta=0.4, norm=np.inf, eps=0.1, i_max=1, cache=tmp_path, progress=False, mode="batched"
+    )
     first = uap.cached_uap(model, "model-key", HAND, **settings)
     np.testing.assert_allclose(first.perturbation, 0.1, atol=1e-6)
-    model.set_weights(brightness_model(0.58).get_weights())      # same key, new weights: no step flips at 0.58
+    model.set_weights(
+        brightness_model(0.58).get_weights()
+    )  # same key, new weights: no step flips at 0.58
     second = uap.cached_uap(model, "model-key", HAND, **settings)
     assert np.all(second.perturbation == 0) and len(list(tmp_path.glob("*.npz"))) == 2
 
@@ -321,11 +398,12 @@ def test_cached_uap_recomputes_for_changed_weights_and_reloads_otherwise(tmp_pat
 
 # --------------------------------------------------------------------------- the attack on a trained model
 
+
 @dataclass
 class Setting:
     model: object
-    images: np.ndarray        # the UAP's training images
-    test: np.ndarray          # held-out test images
+    images: np.ndarray  # the UAP's training images
+    test: np.ndarray  # held-out test images
     real: bool
     zeta: float
 
@@ -334,29 +412,63 @@ class Setting:
 def setting(smoke_pneumonia_model):
     splits, trained = smoke_pneumonia_model
     real = not splits["train"].synthetic
-    return Setting(trained.model, splits["train"].images[:N_IMAGES], splits["test"].images, real,
-                   0.04 if real else 0.08)
+    return Setting(
+        trained.model,
+        splits["train"].images[:N_IMAGES],
+        splits["test"].images,
+        real,
+        0.04 if real else 0.08,
+    )
 
 
 @pytest.fixture(scope="module")
 def non_targeted(setting):
     """Non-targeted p = 2 UAP (batched mode), rates also recorded on the test images."""
-    return uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=2, eps=EPS,
-                                      i_max=I_MAX, seed=0, eval_images=setting.test, progress=False)
+    return uap.universal_perturbation(
+        setting.model,
+        setting.images,
+        zeta=setting.zeta,
+        norm=2,
+        eps=EPS,
+        i_max=I_MAX,
+        seed=0,
+        eval_images=setting.test,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def targeted(setting):
     """Targeted p = 2 UAPs towards each class."""
-    return {target: uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=2, eps=EPS,
-                                               i_max=I_MAX, target=target, seed=0, progress=False)
-            for target in (0, 1)}
+    return {
+        target: uap.universal_perturbation(
+            setting.model,
+            setting.images,
+            zeta=setting.zeta,
+            norm=2,
+            eps=EPS,
+            i_max=I_MAX,
+            target=target,
+            seed=0,
+            progress=False,
+        )
+        for target in (0, 1)
+    }
 
 
 def random_fooling_rate(setting, xi, norm=2, seeds=(0, 1, 2)) -> float:
-    return float(np.mean([uap.evaluate(setting.model, setting.test,
-                                       uap.random_perturbation(setting.images.shape[1:], xi, norm, seed=s))
-                          ["fooling_rate"] for s in seeds]))
+    return float(
+        np.mean(
+            [
+                uap.evaluate(
+                    setting.model,
+                    setting.test,
+                    uap.random_perturbation(setting.images.shape[1:], xi, norm, seed=s),
+                )["fooling_rate"]
+                for s in seeds
+            ]
+        )
+    )
 
 
 def check_non_targeted_claim(setting, result):
@@ -370,7 +482,8 @@ def check_targeted_claim(setting, results):
     for target, result in results.items():
         e = uap.evaluate(setting.model, setting.test, result.perturbation, target=target)
         assert e["success_rate"] >= e["success_baseline"] + 0.08, (
-            f"class {target}: R_s = {e['success_rate']:.3f} vs baseline R_s0 = {e['success_baseline']:.3f}")
+            f"class {target}: R_s = {e['success_rate']:.3f} vs baseline R_s0 = {e['success_baseline']:.3f}"
+        )
 
 
 @pytest.mark.slow
@@ -403,28 +516,55 @@ def test_course_claims_on_real_pneumonia(setting, non_targeted, targeted, real_m
 
 @pytest.mark.slow
 def test_same_seed_same_perturbation(setting, non_targeted):
-    again = uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=2, eps=EPS,
-                                       i_max=I_MAX, seed=0, progress=False)
+    again = uap.universal_perturbation(
+        setting.model,
+        setting.images,
+        zeta=setting.zeta,
+        norm=2,
+        eps=EPS,
+        i_max=I_MAX,
+        seed=0,
+        progress=False,
+    )
     np.testing.assert_array_equal(again.perturbation, non_targeted.perturbation)
     assert again.rates == non_targeted.rates
 
 
 @pytest.mark.slow
 def test_faithful_and_batched_modes_agree(setting, non_targeted):
-    faithful = uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=2, eps=EPS,
-                                          i_max=I_MAX, seed=0, mode="faithful", progress=False)
+    faithful = uap.universal_perturbation(
+        setting.model,
+        setting.images,
+        zeta=setting.zeta,
+        norm=2,
+        eps=EPS,
+        i_max=I_MAX,
+        seed=0,
+        mode="faithful",
+        progress=False,
+    )
     assert faithful.mode == "faithful" and faithful.passes == I_MAX
     assert np.linalg.norm(faithful.perturbation.astype(np.float64)) <= faithful.xi + 1e-5
-    rates = [uap.evaluate(setting.model, setting.test, r.perturbation)["fooling_rate"]
-             for r in (faithful, non_targeted)]
+    rates = [
+        uap.evaluate(setting.model, setting.test, r.perturbation)["fooling_rate"]
+        for r in (faithful, non_targeted)
+    ]
     assert abs(rates[0] - rates[1]) <= 0.15, f"faithful R_f {rates[0]:.3f}, batched {rates[1]:.3f}"
     assert rates[0] > 2 * random_fooling_rate(setting, faithful.xi)
 
 
 @pytest.mark.slow
 def test_linf_uap_stays_in_its_ball_and_beats_random(setting):
-    result = uap.universal_perturbation(setting.model, setting.images, zeta=setting.zeta, norm=np.inf, eps=EPS,
-                                        i_max=I_MAX, seed=0, progress=False)
+    result = uap.universal_perturbation(
+        setting.model,
+        setting.images,
+        zeta=setting.zeta,
+        norm=np.inf,
+        eps=EPS,
+        i_max=I_MAX,
+        seed=0,
+        progress=False,
+    )
     assert result.norm == "inf"
     assert np.abs(result.perturbation).max() <= result.xi + 1e-6
     fooled = uap.evaluate(setting.model, setting.test, result.perturbation)["fooling_rate"]
@@ -438,7 +578,9 @@ def test_eval_images_give_one_rate_per_pass(setting, non_targeted):
     assert all(0.0 <= rate <= 1.0 for rate in non_targeted.rates + non_targeted.eval_rates)
     final = uap.evaluate(setting.model, setting.test, non_targeted.perturbation)["fooling_rate"]
     assert non_targeted.eval_rates[-1] == pytest.approx(final)
-    final_train = uap.evaluate(setting.model, setting.images, non_targeted.perturbation)["fooling_rate"]
+    final_train = uap.evaluate(setting.model, setting.images, non_targeted.perturbation)[
+        "fooling_rate"
+    ]
     assert non_targeted.rates[-1] == pytest.approx(final_train)
     assert "non-targeted" in non_targeted.describe() and "3 passes" in non_targeted.describe()
 
@@ -446,8 +588,17 @@ def test_eval_images_give_one_rate_per_pass(setting, non_targeted):
 @pytest.mark.slow
 def test_cached_uap_saves_reloads_and_never_overwrites(setting, tmp_path, monkeypatch):
     cache = tmp_path / "uaps"
-    kwargs = dict(zeta=setting.zeta, norm=np.inf, eps=EPS, i_max=1, target=1, seed=0, cache=cache, progress=False,
-                  mode="batched")
+    kwargs = dict(
+        zeta=setting.zeta,
+        norm=np.inf,
+        eps=EPS,
+        i_max=1,
+        target=1,
+        seed=0,
+        cache=cache,
+        progress=False,
+        mode="batched",
+    )
     first = uap.cached_uap(setting.model, "model-key", setting.images[:20], **kwargs)
     files = list(cache.glob("*.npz"))
     assert len(files) == 1 and files[0].name.startswith("model-key--uap-t1-pinf")
@@ -462,13 +613,21 @@ def test_cached_uap_saves_reloads_and_never_overwrites(setting, tmp_path, monkey
     assert second.xi == pytest.approx(first.xi) and second.zeta == pytest.approx(setting.zeta)
     assert second.rates == pytest.approx(first.rates)
     changed = uap.UAPResult(**{**first.__dict__, "perturbation": first.perturbation + 0.5})
-    assert uap.save_uap(changed, files[0]) is False             # never overwritten
+    assert uap.save_uap(changed, files[0]) is False  # never overwritten
     np.testing.assert_array_equal(uap.load_uap(files[0]).perturbation, first.perturbation)
 
 
 def test_save_and_load_non_targeted_without_zeta(tmp_path):
-    result = uap.UAPResult(np.full((2, 2, 1), 0.1, np.float32), "2", 0.5, 0.01, None, "faithful",
-                           rates=[0.1, 0.2], passes=2)
+    result = uap.UAPResult(
+        np.full((2, 2, 1), 0.1, np.float32),
+        "2",
+        0.5,
+        0.01,
+        None,
+        "faithful",
+        rates=[0.1, 0.2],
+        passes=2,
+    )
     uap.save_uap(result, tmp_path / "a.npz")
     loaded = uap.load_uap(tmp_path / "a.npz")
     assert loaded.target is None and loaded.zeta is None and not loaded.targeted

@@ -14,6 +14,7 @@ There the outcome of a non-targeted UAP is bimodal in the order of the images (R
 for most orders, 0.53 for some), so three independent orders per side prove nothing; ART is
 then given the helper's order of every pass, and the averages must agree just the same.
 """
+
 from __future__ import annotations
 
 import keras
@@ -30,7 +31,7 @@ N_IMAGES = 100
 I_MAX = 3
 EPS = 0.01
 SEEDS = (0, 1, 2)
-TOLERANCE = 0.03   # 3 percentage points of the mean R_f / R_s on the test images
+TOLERANCE = 0.03  # 3 percentage points of the mean R_f / R_s on the test images
 
 
 class CompiledCall:
@@ -49,12 +50,23 @@ def setup(smoke_pneumonia_model):
 
     splits, trained = smoke_pneumonia_model
     model = trained.model
-    classifier = TensorFlowV2Classifier(model=CompiledCall(model), nb_classes=int(model.output_shape[-1]),
-                                        input_shape=tuple(model.input_shape[1:]),
-                                        loss_object=keras.losses.CategoricalCrossentropy(), clip_values=(0.0, 1.0))
+    classifier = TensorFlowV2Classifier(
+        model=CompiledCall(model),
+        nb_classes=int(model.output_shape[-1]),
+        input_shape=tuple(model.input_shape[1:]),
+        loss_object=keras.losses.CategoricalCrossentropy(),
+        clip_values=(0.0, 1.0),
+    )
     synthetic = splits["train"].synthetic
     zeta = 0.08 if synthetic else 0.04
-    return model, classifier, splits["train"].images[:N_IMAGES], splits["test"].images, zeta, synthetic
+    return (
+        model,
+        classifier,
+        splits["train"].images[:N_IMAGES],
+        splits["test"].images,
+        zeta,
+        synthetic,
+    )
 
 
 def test_compiled_art_classifier_is_the_course_classifier(setup):
@@ -87,13 +99,27 @@ def run_art(classifier, images, xi, norm, target, seed, orders=None):
         random.sample = lambda population, k: next(passes)
     try:
         if target is None:
-            attack = UniversalPerturbation(classifier, attacker="fgsm", attacker_params={"eps": EPS}, delta=1e-6,
-                                           max_iter=I_MAX, eps=float(xi), norm=norm, verbose=False)
+            attack = UniversalPerturbation(
+                classifier,
+                attacker="fgsm",
+                attacker_params={"eps": EPS},
+                delta=1e-6,
+                max_iter=I_MAX,
+                eps=float(xi),
+                norm=norm,
+                verbose=False,
+            )
             attack.generate(images)
         else:
-            attack = TargetedUniversalPerturbation(classifier, attacker="fgsm",
-                                                   attacker_params={"eps": EPS, "targeted": True}, delta=1e-6,
-                                                   max_iter=I_MAX, eps=float(xi), norm=norm)
+            attack = TargetedUniversalPerturbation(
+                classifier,
+                attacker="fgsm",
+                attacker_params={"eps": EPS, "targeted": True},
+                delta=1e-6,
+                max_iter=I_MAX,
+                eps=float(xi),
+                norm=norm,
+            )
             one_hot = np.eye(classifier.nb_classes, dtype=np.float32)[np.full(len(images), target)]
             attack.generate(images, y=one_hot)
     finally:
@@ -110,10 +136,27 @@ def test_faithful_mode_agrees_with_art_over_three_seeds(setup, norm, target):
     key = "fooling_rate" if target is None else "success_rate"
     rates = {"helper": [], "ART": []}
     for seed in SEEDS:
-        ours = uap.universal_perturbation(model, images, xi=xi, norm=norm, eps=EPS, i_max=I_MAX, target=target,
-                                          mode="faithful", seed=seed, progress=False).perturbation
-        theirs = run_art(classifier, images, xi, norm, target, seed,
-                         orders=helper_orders(len(images), seed) if synthetic else None)
+        ours = uap.universal_perturbation(
+            model,
+            images,
+            xi=xi,
+            norm=norm,
+            eps=EPS,
+            i_max=I_MAX,
+            target=target,
+            mode="faithful",
+            seed=seed,
+            progress=False,
+        ).perturbation
+        theirs = run_art(
+            classifier,
+            images,
+            xi,
+            norm,
+            target,
+            seed,
+            orders=helper_orders(len(images), seed) if synthetic else None,
+        )
         assert theirs.shape == ours.shape
         for side, rho in (("helper", ours), ("ART", theirs)):
             assert uap.lp_norms(rho[None], norm)[0] <= xi * (1 + 1e-5)
@@ -122,4 +165,5 @@ def test_faithful_mode_agrees_with_art_over_three_seeds(setup, norm, target):
     assert abs(mean["helper"] - mean["ART"]) <= TOLERANCE, (
         f"{key} on the test images, mean over seeds {SEEDS}: helper {mean['helper']:.3f} "
         f"({', '.join(f'{r:.3f}' for r in rates['helper'])}), ART {mean['ART']:.3f} "
-        f"({', '.join(f'{r:.3f}' for r in rates['ART'])})")
+        f"({', '.join(f'{r:.3f}' for r in rates['ART'])})"
+    )

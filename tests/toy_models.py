@@ -1,4 +1,5 @@
 """Tiny Keras models whose decisions are arithmetic, shared by the UAP tests."""
+
 from __future__ import annotations
 
 import keras
@@ -14,8 +15,9 @@ def brightness_model(threshold: float = 0.5) -> keras.Model:
     inputs = keras.Input((4, 4, 1))
     mean = keras.layers.GlobalAveragePooling2D()(inputs)
     bias = keras.initializers.Constant([40.0 * threshold, -40.0 * threshold])
-    logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant([[-40.0, 40.0]]),
-                                bias_initializer=bias)(mean)
+    logits = keras.layers.Dense(
+        2, kernel_initializer=keras.initializers.Constant([[-40.0, 40.0]]), bias_initializer=bias
+    )(mean)
     return keras.Model(inputs, keras.layers.Softmax()(logits))
 
 
