@@ -52,7 +52,8 @@ def colab_link(notebook: str) -> str:
 def install_cell() -> str:
     """Source of every chapter's install cell (the first code cell)."""
     return (
-        "# On Colab: install the course helpers at the release this chapter belongs to (set in one place,\n"
+        "# On Colab: install the course helpers at the release this chapter belongs to "
+        "(set in one place,\n"
         "# helpers/config.py: REPO_REF). TensorFlow is already there. Elsewhere: nothing to do.\n"
         "import sys\n"
         'if "google.colab" in sys.modules:\n'
@@ -66,7 +67,8 @@ def in_colab() -> bool:
 
 
 def save_npz_once(path, **arrays) -> bool:
-    """Write ``arrays`` to the npz file ``path`` atomically, unless it exists; return True if written.
+    """Write ``arrays`` to the npz file ``path`` atomically, unless it exists; return True if
+    written.
 
     An existing file is never overwritten: when two processes compute the same entry at once,
     the first writer wins and the other one's arrays are dropped (False), so both can go on
@@ -122,7 +124,8 @@ def publish_folder(staging: Path, folder: Path, keep_if) -> bool:
 
 
 def write_chapter_links(chapters_dir: Path | None = None) -> list[Path]:
-    """Rewrite every chapter's Colab link and install cell from :data:`REPO_REF`; return the changed files."""
+    """Rewrite every chapter's Colab link and install cell from :data:`REPO_REF`; return the changed
+    files."""
     import json
     import re
 

@@ -21,7 +21,8 @@ _COUNTS: dict[str, dict[str, int]] = defaultdict(lambda: {kind: 0 for kind in KI
 
 
 def architecture_of(model) -> str:
-    """The architecture a course model was built as (its name without ``_imagenet``/``_scratch``)."""
+    """The architecture a course model was built as (its name without
+    ``_imagenet``/``_scratch``)."""
     name = str(getattr(model, "name", "model"))
     head, _, tail = name.rpartition("_")
     return head if tail in ("imagenet", "scratch") and head else name

@@ -228,7 +228,8 @@ class MedDataset:
     :meth:`take` (some images), :meth:`batches` (all, a batch at a time: memory grows with the
     batch, not with N) or :attr:`images` (all at once, for sets small enough to hold as float32).
     ``labels``: (N,) int64, or (N, L) uint8 for multi-label. ``added``: UAPs added on the fly,
-    (K, H, W, C) and per image the UAP's index or -1 (adversarial retraining, :mod:`helpers.retrain`).
+    (K, H, W, C) and per image the UAP's index or -1 (adversarial retraining,
+    :mod:`helpers.retrain`).
     """
 
     info: DatasetInfo
@@ -260,7 +261,8 @@ class MedDataset:
         return self.take(np.arange(len(self)))
 
     def take(self, positions) -> np.ndarray:
-        """The images at ``positions`` (ints, or a slice like ``slice(0, 200)``) as float32 (n, H, W, C) in [0, 1]."""
+        """The images at ``positions`` (ints, or a slice like ``slice(0, 200)``) as float32
+        (n, H, W, C) in [0, 1]."""
         if isinstance(positions, slice):
             positions = np.arange(len(self))[positions]
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
@@ -286,7 +288,8 @@ class MedDataset:
         return int(self.stored.nbytes)
 
     def compact(self) -> "MedDataset":
-        """The same dataset holding only the stored images it uses (a copy of those; repeats kept by index)."""
+        """The same dataset holding only the stored images it uses (a copy of those; repeats kept by
+        index)."""
         if self.index is None:
             return self
         used, rows = np.unique(self.index, return_inverse=True)
@@ -302,7 +305,8 @@ class MedDataset:
         return "SYNTHETIC" if self.synthetic else "real"
 
     def subset(self, index) -> "MedDataset":
-        """A new dataset with the images at ``index`` (array of ints or booleans); no pixel is copied."""
+        """A new dataset with the images at ``index`` (array of ints or booleans); no pixel is
+        copied."""
         index = np.asarray(index)
         if index.dtype == bool:
             index = np.flatnonzero(index)
@@ -320,7 +324,8 @@ class MedDataset:
         )
 
     def distinct(self) -> np.ndarray:
-        """Positions of the images as drawn from the stored split: each once, without oversampling's copies."""
+        """Positions of the images as drawn from the stored split: each once, without oversampling's
+        copies."""
         return np.arange(len(self)) if self.duplicate is None else np.flatnonzero(~self.duplicate)
 
     def class_counts(self) -> np.ndarray:
@@ -373,7 +378,8 @@ def _offline_message(info: DatasetInfo, size: int, reason: str) -> str:
         f"  Download it from {info.url(size)}\n"
         f"  and put it in {cache_dir('medmnist')} (or in a folder named by root= or the "
         f"{ENV_MEDMNIST_DIR} environment variable).\n"
-        f"  Offline, the smoke and cpu scales can use a synthetic stand-in instead (source='synthetic')."
+        "  Offline, the smoke and cpu scales can use a synthetic stand-in instead "
+        "(source='synthetic')."
     )
 
 
@@ -489,10 +495,10 @@ def _check_stored(
     labels_fit = len(labels) == len(images) and int(np.prod(label_shape, dtype=int)) == n_labels
     if not fits or not labels_fit:
         raise ValueError(
-            f"{path}: '{split}_images' has shape {stored_shape} and '{split}_labels' {labels.shape}, but "
-            f"{info.title} needs {expected} and {n_labels} label value(s) per image: this is not the "
-            f"published {path.name}. Replace it with the official file from {_url_of(info, path)} "
-            f"(or remove it from MEDMNIST_DIR)."
+            f"{path}: '{split}_images' has shape {stored_shape} and "
+            f"'{split}_labels' {labels.shape}, but {info.title} needs {expected} and {n_labels} "
+            f"label value(s) per image: this is not the published {path.name}. Replace it with "
+            f"the official file from {_url_of(info, path)} (or remove it from MEDMNIST_DIR)."
         )
 
 
@@ -700,11 +706,11 @@ def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:
     )
     if per_class and info.key in CLASS_PROPORTIONS:
         counts = np.array(CLASS_PROPORTIONS[info.key][split], dtype=float)
-        # 1.5x: labels are drawn at random, so the rarest class must be expected well above per_class
+        # 1.5x: labels are drawn at random, so the rarest class must be expected well
+        # above per_class
         wanted = max(wanted, int(np.ceil(1.5 * per_class * counts.sum() / counts.min())))
-    if (
-        split == "train" and info.train_without_normal
-    ):  # the normal images are dropped before sampling
+    # the normal images are dropped before sampling
+    if split == "train" and info.train_without_normal:
         from .synthetic import FINDING_PREVALENCE
 
         wanted = int(np.ceil(1.1 * wanted / (1.0 - np.prod(1.0 - np.array(FINDING_PREVALENCE)))))

@@ -26,7 +26,8 @@ class UnsupportedEnvironment(RuntimeError):
 
 
 def versions() -> dict[str, str]:
-    """Installed versions of Python and the libraries the course depends on ("missing" if absent)."""
+    """Installed versions of Python and the libraries the course depends on ("missing" if
+    absent)."""
     found = {"python": platform.python_version()}
     for name in SUPPORTED:
         try:
@@ -47,7 +48,8 @@ def _parts(text: str) -> tuple[int, ...]:
 
 
 def unsupported(found: dict[str, str]) -> list[str]:
-    """The libraries of ``found`` outside :data:`SUPPORTED`, each as 'name X (supported: A to below B)'."""
+    """The libraries of ``found`` outside :data:`SUPPORTED`, each as 'name X (supported: A to below
+    B)'."""
     bad = []
     for name, (low, high) in SUPPORTED.items():
         have = found.get(name, "missing")
@@ -73,7 +75,8 @@ def gpus() -> list[str]:
 
 
 def _imagenet_weights_problem(architecture: str, side: int) -> str | None:
-    """None when the ImageNet weights of ``architecture`` are at hand (downloading them if needed), else why not."""
+    """None when the ImageNet weights of ``architecture`` are at hand (downloading them if needed),
+    else why not."""
     from .models import WeightsUnavailableError, fetch_imagenet_weights
 
     try:
@@ -84,9 +87,11 @@ def _imagenet_weights_problem(architecture: str, side: int) -> str | None:
 
 
 def check(scale, *, verbose: bool = True) -> dict:
-    """Print versions and GPU; raise :class:`UnsupportedEnvironment` (one sentence) when the chapter cannot run.
+    """Print versions and GPU; raise :class:`UnsupportedEnvironment` (one sentence) when the chapter
+    cannot run.
 
-    ``scale``: a scale name or a :class:`~helpers.scales.Preset` (a rehearsal needs neither GPU nor weights).
+    ``scale``: a scale name or a :class:`~helpers.scales.Preset` (a rehearsal needs neither GPU nor
+    weights).
 
     Returns ``{"versions": ..., "gpus": [...]}``.
     """
@@ -106,13 +111,15 @@ def check(scale, *, verbose: bool = True) -> dict:
         print("GPU: " + (", ".join(devices) if devices else "none (TensorFlow runs on the CPU)"))
     if preset.rehearsal and verbose:
         print(
-            f"rehearsal of scale '{preset.name}': runs on the CPU, without a GPU or ImageNet weights"
+            f"rehearsal of scale '{preset.name}': runs on the CPU, without a GPU or ImageNet "
+            "weights"
         )
     if preset.name in NEEDS_GPU and not preset.rehearsal:
         if not devices:
             raise UnsupportedEnvironment(
                 f"SCALE='{preset.name}' needs a GPU and TensorFlow sees none: on Colab "
-                f"choose Runtime > Change runtime type > T4 GPU, or run SCALE='smoke' or 'cpu' here."
+                "choose Runtime > Change runtime type > T4 GPU, or run SCALE='smoke' or 'cpu' "
+                "here."
             )
         side = preset.backbone_input or preset.image_size
         if preset.weights == "imagenet" and (

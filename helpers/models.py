@@ -29,9 +29,8 @@ class WeightsUnavailableError(RuntimeError):
 class Architecture:
     name: str
     constructor: str | None  # keras.applications attribute, None for the small CNN
-    preprocess: (
-        str | None
-    )  # "tf" ([-1, 1]), "caffe" (BGR, mean-subtracted), "torch" (ImageNet z-score)
+    # "tf" ([-1, 1]), "caffe" (BGR, mean-subtracted), "torch" (ImageNet z-score)
+    preprocess: str | None
     min_input: int  # smallest side keras.applications accepts
     paper_input: int  # side used in the papers
     optimizer: str = "sgd"  # paper 000: SGD, momentum 0.9, learning rate 1e-3
@@ -123,15 +122,16 @@ def _backbone(arch: Architecture, side: int, weights: str | None):
         if weights is None or not _looks_like_download_error(error):
             raise
         raise WeightsUnavailableError(
-            f"Could not download the ImageNet weights of {arch.constructor} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}).\n  Connect to the internet once (Keras caches them in "
-            f"{keras_models_dir()}), or copy the weights file there, or build the model with "
-            f"weights=None to train from random initialisation."
+            f"Could not download the ImageNet weights of {arch.constructor} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}).\n  Connect to the "
+            f"internet once (Keras caches them in {keras_models_dir()}), or copy the weights file "
+            "there, or build the model with weights=None to train from random initialisation."
         ) from None
 
 
 def fetch_imagenet_weights(architecture: str, side: int) -> None:
-    """Make sure the ImageNet weights of ``architecture`` are at hand (Keras's cache, else downloaded).
+    """Make sure the ImageNet weights of ``architecture`` are at hand (Keras's cache, else
+    downloaded).
 
     Raises :class:`WeightsUnavailableError` when they cannot be had. ``side``: the backbone's input.
     """
@@ -141,7 +141,8 @@ def fetch_imagenet_weights(architecture: str, side: int) -> None:
 
 
 def keras_models_dir() -> Path:
-    """Where Keras caches downloaded weights: ``$KERAS_HOME/models`` (default ``~/.keras/models``)."""
+    """Where Keras caches downloaded weights: ``$KERAS_HOME/models`` (default
+    ``~/.keras/models``)."""
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
 
 
@@ -238,7 +239,8 @@ def check_images(images, model: keras.Model, name: str = "images") -> np.ndarray
     expected = tuple(model.input_shape[1:])
     if images.ndim != 4 or images.shape[1:] != expected:
         raise ValueError(
-            f"{name} has shape {images.shape}; the model expects (N, {', '.join(map(str, expected))})."
+            f"{name} has shape {images.shape}; the model expects "
+            f"(N, {', '.join(map(str, expected))})."
         )
     if images.size and not np.isfinite(images).all():
         bad = int(np.sum((~np.isfinite(images)).reshape(len(images), -1).any(axis=1)))
@@ -258,11 +260,13 @@ _FORWARD = weakref.WeakKeyDictionary()
 
 
 def compiled_forward(model: keras.Model):
-    """The model's inference pass as one compiled function for any batch size: (N, H, W, C) -> (N, K).
+    """The model's inference pass as one compiled function for any batch size:
+    (N, H, W, C) -> (N, K).
 
     Traced once per model. A compiled call frees each layer's output as soon as the next layers have
     used it; an eager call keeps far more (for 32 images at 299 px, DenseNet169 peaked at 13.5 GiB
-    eagerly and at 2.4 GiB compiled). The cache refers to the model weakly: it does not keep it alive.
+    eagerly and at 2.4 GiB compiled). The cache refers to the model weakly: it does not keep it
+    alive.
     """
     if model not in _FORWARD:
         import tensorflow as tf
@@ -274,7 +278,8 @@ def compiled_forward(model: keras.Model):
 
 
 def predict_proba(model: keras.Model, images, batch_size: int = 256) -> np.ndarray:
-    """Model outputs (N, K) for images (N, H, W, C), computed in batches by :func:`compiled_forward`.
+    """Model outputs (N, K) for images (N, H, W, C), computed in batches by
+    :func:`compiled_forward`.
 
     ``images`` may also be a :class:`~helpers.data.MedDataset`: it is then read a batch at a time.
     """

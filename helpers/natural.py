@@ -10,7 +10,8 @@ CC0), cut into random crops. On Colab, any folder of photos works, e.g. Imagenet
 (``https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz``, a 10-class ImageNet subset:
 ImageNet's terms, research and teaching only)::
 
-    !wget -q https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz && tar xzf imagenette2-160.tgz
+    !wget -q https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz
+    !tar xzf imagenette2-160.tgz
     os.environ["NATURAL_IMAGES_DIR"] = "imagenette2-160/train"
 """
 
@@ -72,7 +73,8 @@ def image_files(folder) -> list[Path]:
 def load_folder(
     folder, size: int, channels: int, count: int | None = None, seed: int = 0
 ) -> np.ndarray:
-    """Up to ``count`` photos from ``folder`` (random choice), as float32 (N, size, size, channels) in [0, 1]."""
+    """Up to ``count`` photos from ``folder`` (random choice), as float32 (N, size, size, channels)
+    in [0, 1]."""
     _check(size, channels)
     files = image_files(folder)
     if count is not None and count < len(files):
@@ -114,7 +116,8 @@ def skimage_photos() -> dict:
 
 
 def sample_photos(size: int, channels: int, count: int = 200, seed: int = 0) -> np.ndarray:
-    """``count`` random crops (20-100 % of the side) of scikit-image's openly licensed photographs."""
+    """``count`` random crops (20-100 % of the side) of scikit-image's openly licensed
+    photographs."""
     _check(size, channels)
     photos = list(skimage_photos().values())
     if not photos:
@@ -136,9 +139,9 @@ def sample_photos(size: int, channels: int, count: int = 200, seed: int = 0) -> 
 
 
 FOLDER_HELP = (
-    f"Point {ENV_NATURAL_DIR} at a folder of natural photos (any jpg/png; sub-folders are searched): "
-    "ImageNet's ILSVRC-2012 training images, as paper 001 used, an Open Images download, or "
-    "Imagenette (see this module's docstring)."
+    f"Point {ENV_NATURAL_DIR} at a folder of natural photos (any jpg/png; sub-folders are "
+    "searched): ImageNet's ILSVRC-2012 training images, as paper 001 used, an Open Images "
+    "download, or Imagenette (see this module's docstring)."
 )
 
 
@@ -157,19 +160,20 @@ def natural_images(
         return images, f"{len(images)} photos from {folder}"
     if scale == "paper":
         raise ValueError(
-            f"scale 'paper' reproduces paper 001 with {count:,} natural photos, but no folder of photos "
-            f"was given, only scikit-image's few sample photographs. {FOLDER_HELP}"
+            f"scale 'paper' reproduces paper 001 with {count:,} natural photos, but no folder of "
+            f"photos was given, only scikit-image's few sample photographs. {FOLDER_HELP}"
         )
     images = sample_photos(size, channels, count, seed)
     description = f"{len(images)} crops of scikit-image's openly licensed sample photographs"
     if scale in ("gpu", "gpu-rehearsal", "paper-rehearsal"):
         print(
-            "!"
-            * 78
-            + f"\n!! NATURAL IMAGES: {description}, not ImageNet: far less varied than paper 001's"
-            f"\n!! attack set, so the natural-image UAPs are weaker than the paper's.\n!! {FOLDER_HELP}\n"
-            + "!"
-            * 78
+            "!" * 78
+            + (
+                f"\n!! NATURAL IMAGES: {description}, not ImageNet: far less varied than paper "
+                "001's\n!! attack set, so the natural-image UAPs are weaker than the paper's.\n"
+                f"!! {FOLDER_HELP}\n"
+            )
+            + "!" * 78
         )
     return images, description
 
@@ -185,7 +189,8 @@ def label_composition(predictions, class_names) -> pd.Series:
 def iter_folder(
     folder, size: int, channels: int, count: int | None = None, chunk: int = 1000, seed: int = 0
 ):
-    """Photos of ``folder`` in random order, loaded ``chunk`` at a time (for sets too big for memory)."""
+    """Photos of ``folder`` in random order, loaded ``chunk`` at a time (for sets too big for
+    memory)."""
     files = image_files(folder)
     order = np.random.default_rng(seed).permutation(len(files))[:count]
     for start in range(0, len(order), chunk):
@@ -214,7 +219,8 @@ def uap_in_chunks(
     mode: str = "faithful",
     progress: bool = True,
 ) -> tuple:
-    """One pass (i_max = 1) over natural images, chunk by chunk, each chunk warm-starting from the last.
+    """One pass (i_max = 1) over natural images, chunk by chunk, each chunk warm-starting from the
+    last.
 
     ``images`` is an array (N, H, W, C), split into chunks of ``chunk`` images in random order,
     or an iterable of such arrays (e.g. :func:`iter_folder`, for 100,000 photos). ``progress``

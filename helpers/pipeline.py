@@ -94,7 +94,8 @@ def _toc_files(node) -> Iterator[str]:
 def toc_chapters(toc: str | Path = BOOK_DIR / "_toc.yml") -> list[str]:
     """Names of the chapter notebooks listed in a ``_toc.yml`` (entries ``chapters/<name>``).
 
-    Markdown pages (an explicit ``.md`` suffix, or a ``<name>.md`` file next to the toc) are skipped.
+    Markdown pages (an explicit ``.md`` suffix, or a ``<name>.md`` file next to the toc) are
+    skipped.
     """
     import yaml
 
@@ -148,7 +149,8 @@ def _ignore_generated(folder: str, names: list[str]) -> set[str]:
 
 
 def prepare_book_dir(book_dir: str | Path = BOOK_DIR) -> Path:
-    """Return ``book_dir`` resolved; unless it is the repository's ``book/``, copy the book's sources there."""
+    """Return ``book_dir`` resolved; unless it is the repository's ``book/``, copy the book's
+    sources there."""
     book_dir = Path(book_dir).resolve()
     if book_dir != BOOK_DIR.resolve():
         shutil.copytree(BOOK_DIR, book_dir, dirs_exist_ok=True, ignore=_ignore_generated)
@@ -161,7 +163,8 @@ def prepare_book_dir(book_dir: str | Path = BOOK_DIR) -> Path:
 
 @contextlib.contextmanager
 def _environ(**values: str | None) -> Iterator[None]:
-    """Temporarily set (or, with None, unset) environment variables (the kernel inherits ``os.environ``)."""
+    """Temporarily set (or, with None, unset) environment variables (the kernel inherits
+    ``os.environ``)."""
     saved = {key: os.environ.get(key) for key in values}
     try:
         _set_environ(values)
@@ -195,7 +198,8 @@ def _kernel_environment(records_dir: Path) -> dict[str, str]:
 
 
 def _failing_cell(notebook: Path) -> tuple[int | None, str] | None:
-    """``(execution count, source)`` of the cell that failed (or was still running) in an executed notebook."""
+    """``(execution count, source)`` of the cell that failed (or was still running) in an executed
+    notebook."""
     import nbformat
 
     try:
@@ -251,7 +255,8 @@ def failure_report(name: str, output: Path, error: BaseException) -> str:
 
 #: stderr lines of TensorFlow's runtime logs (absl/oneDNN/CUDA notices), not written by the chapter.
 _RUNTIME_LOG = re.compile(
-    r"^([IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |WARNING: All log messages before absl::InitializeLog)"
+    r"^([IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] |WARNING: All log messages before "
+    r"absl::InitializeLog)"
 )
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -271,9 +276,8 @@ def tidy_outputs(notebook: Path) -> int:
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
-    changed = int(
-        nb.metadata.pop("widgets", None) is not None
-    )  # their state: loads widget scripts from CDNs
+    # their state: loads widget scripts from CDNs
+    changed = int(nb.metadata.pop("widgets", None) is not None)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -318,7 +322,8 @@ def _alt_text_to_cell(cell) -> int:
 
 
 def scale_label(scale: str, parameters: dict | None = None) -> str:
-    """``scale``, or ``<scale>-rehearsal`` when the parameters ask for a rehearsal (as ``Preset.label``)."""
+    """``scale``, or ``<scale>-rehearsal`` when the parameters ask for a rehearsal (as
+    ``Preset.label``)."""
     return f"{scale}-rehearsal" if (parameters or {}).get("REHEARSAL") else scale
 
 
@@ -361,7 +366,8 @@ def execute_chapter(
     log_output: bool = True,
     parameters: dict | None = None,
 ) -> ChapterRun:
-    """Execute one notebook with papermill, ``SCALE`` injected; raise :class:`ChapterFailed` on error.
+    """Execute one notebook with papermill, ``SCALE`` injected; raise :class:`ChapterFailed` on
+    error.
 
     The kernel runs in ``cwd`` (default: the notebook's folder) with ``COURSE_RECORDS_DIR`` =
     ``records_dir`` (default: the output's folder). ``timeout`` limits each cell, in seconds.
@@ -412,7 +418,8 @@ def execute_all(
 
     ``parameters``: injected into every chapter besides ``SCALE`` (e.g. ``{"SEED": 1}``).
     ``jobs`` > 1: the first chapter runs alone (it trains the models the others load), then the
-    others ``jobs`` at a time, each in its own process; a failure stops the chapters not yet started.
+    others ``jobs`` at a time, each in its own process; a failure stops the chapters not yet
+    started.
     """
     names = list(names)
     if not isinstance(jobs, int) or jobs < 1:
@@ -455,7 +462,8 @@ def execute_all(
 def _execute_numbered(
     i: int, total: int, source: str, book_dir: str, scale: str, timeout, parameters, cwd: str
 ) -> ChapterRun:
-    """Execute the chapter notebook ``source`` (number ``i`` of ``total``) into ``<book_dir>/chapters/``."""
+    """Execute the chapter notebook ``source`` (number ``i`` of ``total``) into
+    ``<book_dir>/chapters/``."""
     name = Path(source).stem
     shown = "".join(f", {key}={value!r}" for key, value in (parameters or {}).items())
     print(f"=== [{i}/{total}] {name} (SCALE={scale}{shown})", flush=True)
@@ -472,7 +480,8 @@ def _execute_numbered(
 
 
 def _add_unexecuted(book_dir: Path, names: Iterable[str]) -> list[str]:
-    """Copy toc chapters that have no executed notebook in the book yet, so the book still builds."""
+    """Copy toc chapters that have no executed notebook in the book yet, so the book still
+    builds."""
     added = []
     for name in names:
         target, source = book_dir / "chapters" / f"{name}.ipynb", source_notebook(name)
@@ -496,7 +505,8 @@ def _jupyter_book_command() -> list[str]:
 def build_html(book_dir: str | Path = BOOK_DIR, *, verbose: bool = True) -> Path:
     """Run ``jupyter-book build <book_dir> --all``; return the HTML index.
 
-    Warnings are shown but tolerated; a non-zero exit or ERROR/CRITICAL messages raise :class:`BuildFailed`.
+    Warnings are shown but tolerated; a non-zero exit or ERROR/CRITICAL messages raise
+    :class:`BuildFailed`.
     """
     book_dir = Path(book_dir).resolve()
     command = [*_jupyter_book_command(), "build", str(book_dir), "--all"]
@@ -589,7 +599,8 @@ def print_summary(summary: dict) -> None:
 
 
 def strip_notebooks(paths: Iterable[str | Path] | None = None) -> list[Path]:
-    """Clear outputs and execution counts of notebooks (default: ``chapters/*.ipynb``); return those changed."""
+    """Clear outputs and execution counts of notebooks (default: ``chapters/*.ipynb``); return those
+    changed."""
     import nbformat
 
     changed = []

@@ -1,4 +1,5 @@
-"""One- and few-pixel attacks by differential evolution (paper 004: Tsai et al. 2023, after Su et al. 2019).
+"""One- and few-pixel attacks by differential evolution (paper 004: Tsai et al. 2023, after
+Su et al. 2019).
 
 A candidate changes k = 1, 2 or 3 pixels (the paper's maximum is 3). Each pixel is
 ``(x, y, I)`` for a greyscale image or ``(x, y, R, G, B)`` for a colour one: x (column) in
@@ -19,7 +20,8 @@ and the image's pixels, so its search is the same whatever else is attacked with
 generation builds the candidate images of all images still running with NumPy fancy indexing
 and evaluates them in one batched model call, split into chunks
 of ``batch_size`` candidate images to bound memory (by default :func:`default_batch_size`: about
-2**24 input values per chunk, between 32 and 4096 images - 4096 of 28 x 28 px, 111 of 224 x 224 x 3).
+2**24 input values per chunk, between 32 and 4096 images - 4096 of 28 x 28 px, 111 of
+224 x 224 x 3).
 
 Fitness (higher is fitter internally):
 
@@ -100,7 +102,8 @@ __all__ = [
 def pixel_bounds(shape, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds (k, 2 + C) of a candidate for images of ``shape`` (H, W, C).
 
-    x in [0, W), y in [0, H) (the upper bound is the largest float below W, resp. H); values in [0, 1].
+    x in [0, W), y in [0, H) (the upper bound is the largest float below W, resp. H); values in
+    [0, 1].
     """
     height, width, channels = shape
     lower = np.zeros((pixels, 2 + channels))
@@ -127,7 +130,8 @@ def image_streams(images, seed: int = 0) -> list[np.random.Generator]:
 
 
 def _draw(rng, n_images: int, draw) -> np.ndarray:
-    """``draw(generator, count)`` for ``n_images`` images: from one shared generator, or one per image.
+    """``draw(generator, count)`` for ``n_images`` images: from one shared generator, or one per
+    image.
 
     ``rng`` is a Generator (all images draw from it at once) or a sequence of ``n_images``
     Generators (image a draws only from ``rng[a]``). Returns the draws stacked along axis 0.
@@ -172,9 +176,8 @@ def apply_pixels(images, pixels) -> np.ndarray:
         )
     extra, k = pixels.shape[1:-2], pixels.shape[-2]
     flat = pixels.reshape(-1, k, 2 + channels)  # (A E, k, 2 + C)
-    out = np.repeat(images[:, None], math.prod(extra), axis=1).reshape(
-        -1, height, width, channels
-    )  # (A E, H, W, C)
+    # (A E, H, W, C)
+    out = np.repeat(images[:, None], math.prod(extra), axis=1).reshape(-1, height, width, channels)
     _paint(out, flat)
     return out.reshape(n, *extra, height, width, channels)
 
@@ -220,10 +223,10 @@ def draw_donors(rng, n_images: int, population: int) -> np.ndarray:
 def mutate(rng, population, F: float, donors, lower, upper) -> np.ndarray:
     """Children ``pop[r1] + F (pop[r2] - pop[r3])``, no crossover; out-of-bounds values redrawn.
 
-    population: (A, P, k, 2 + C); donors: (3, A, P) from :func:`draw_donors`; lower, upper: (k, 2 + C).
-    Every value outside [lower, upper] is replaced by a uniform random one within (as SciPy's
-    ``differential_evolution``), so that no position is favoured. ``rng``: one Generator, or one
-    per image. Returns (A, P, k, 2 + C).
+    population: (A, P, k, 2 + C); donors: (3, A, P) from :func:`draw_donors`; lower, upper:
+    (k, 2 + C). Every value outside [lower, upper] is replaced by a uniform random one within (as
+    SciPy's ``differential_evolution``), so that no position is favoured. ``rng``: one Generator, or
+    one per image. Returns (A, P, k, 2 + C).
     """
     a = np.arange(population.shape[0])[:, None]
     r1, r2, r3 = (population[a, r] for r in donors)
@@ -309,18 +312,17 @@ def is_success(outputs, reference, *, targeted: bool, multilabel: bool) -> np.nd
 
 @dataclass
 class PixelAttackResult:
-    """What a pixel attack produced, per attacked image (N images, K outputs, k pixels, C channels)."""
+    """What a pixel attack produced, per attacked image (N images, K outputs, k pixels, C
+    channels)."""
 
     adversarial: np.ndarray  # (N, H, W, C) float32 in [0, 1]
     success: np.ndarray  # (N,) bool
     original: np.ndarray  # clean prediction: (N,) class, or (N, L) 0/1 set (multi-label)
     final: np.ndarray  # prediction on the adversarial image, same shape
-    original_confidence: (
-        np.ndarray
-    )  # (N,) clean p[original]; multi-label: cosine similarity (eq. 3) of set and outputs
-    final_confidence: (
-        np.ndarray
-    )  # (N,) adversarial p[final]; multi-label: the same for the final set
+    # (N,) clean p[original]; multi-label: cosine similarity (eq. 3) of set and outputs
+    original_confidence: np.ndarray
+    # (N,) adversarial p[final]; multi-label: the same for the final set
+    final_confidence: np.ndarray
     original_proba: np.ndarray  # (N, K) clean model outputs
     final_proba: np.ndarray  # (N, K) adversarial model outputs
     pixels: np.ndarray  # (N, k, 2 + C) changed pixels: integer x (column), y (row), then values
@@ -369,7 +371,8 @@ def pixel_attack(
     """The k-pixel attack of paper 004 by differential evolution, on all ``images`` at once.
 
     Args:
-        model: a Keras classifier on images in [0, 1]: softmax (single-label) or sigmoid (multi-label).
+        model: a Keras classifier on images in [0, 1]: softmax (single-label) or sigmoid
+            (multi-label).
         images: (N, H, W, C) floats in [0, 1], the model's input shape.
         pixels: k, pixels changed per image: 1, 2 or 3.
         target: None (untargeted); single-label: a class or (N,) classes; multi-label: a 0/1
@@ -537,7 +540,8 @@ def _evolve(
     batch_size,
     progress,
 ):
-    """The DE loop; returns the chosen candidate per image (N, k, 2 + C) and generations run (N,)."""
+    """The DE loop; returns the chosen candidate per image (N, k, 2 + C) and generations run
+    (N,)."""
     from tqdm.auto import tqdm
 
     streams = image_streams(images, seed)
@@ -609,7 +613,8 @@ def _evaluate(model, images, population, reference, targeted, multilabel, batch_
 
 
 def _stopped(wins, early_stop) -> np.ndarray:
-    """(A,) True where at least ``early_stop`` of the candidates (A, P) (and at least one) succeed."""
+    """(A,) True where at least ``early_stop`` of the candidates (A, P) (and at least one)
+    succeed."""
     if early_stop is None:
         return np.zeros(len(wins), dtype=bool)
     needed = max(1, math.ceil(early_stop * wins.shape[1] - 1e-9))
@@ -638,7 +643,8 @@ def _predict(model, images, batch_size) -> np.ndarray:
 def default_batch_size(shape) -> int:
     """Candidate images per model call for images of ``shape`` (H, W, C): about 2**24 input values.
 
-    Clipped to [32, 4096]: 4096 for 28 x 28 px (grey or colour), 1365 for 64 x 64 x 3, 111 for 224 x 224 x 3.
+    Clipped to [32, 4096]: 4096 for 28 x 28 px (grey or colour), 1365 for 64 x 64 x 3, 111 for
+    224 x 224 x 3.
     """
     return int(np.clip(VALUES_PER_CALL // math.prod(shape), MIN_BATCH, MAX_BATCH))
 
@@ -776,7 +782,8 @@ def success_rate_table(original, success, names: Sequence[str]) -> pd.DataFrame:
 
 
 def transformation_table(original, final, success, names: Sequence[str]) -> pd.DataFrame:
-    """Class transformations (Table 7): successful images, rows original class x columns resulting class.
+    """Class transformations (Table 7): successful images, rows original class x columns resulting
+    class.
 
     original, final: (N,) classes; success: (N,) bool. All K classes on both axes; the diagonal
     (no change) is 0.
@@ -863,7 +870,8 @@ def avg_cl(confidence, success) -> float:
 
 
 def label_set_table(original, final, success, names: Sequence[str]) -> pd.DataFrame:
-    """Resulting label sets of successful images (Table 16): rows resulting set x columns original set.
+    """Resulting label sets of successful images (Table 16): rows resulting set x columns original
+    set.
 
     original, final: (N, L) 0/1 sets; success: (N,) bool; names: the L finding names. Rows and
     columns hold the sets that occur, in alphabetical order, "Normal" for the empty set.
@@ -961,8 +969,9 @@ def images_per_class(
         )
     if is_multilabel(model):
         raise ValueError(
-            f"images_per_class: the model is multi-label (sigmoid outputs) but {dataset.info.key!r} "
-            f"is single-label; pass the softmax model trained on {dataset.info.key!r}."
+            "images_per_class: the model is multi-label (sigmoid outputs) "
+            f"but {dataset.info.key!r} is single-label; pass the softmax model trained "
+            f"on {dataset.info.key!r}."
         )
     _check_per("per_class", per_class)
     classes = range(dataset.info.n_classes) if classes is None else classes
@@ -1005,7 +1014,8 @@ def images_per_label_set(
     ``sets``: (S, L) 0/1 label sets; keys of the result are their names ("Normal", "INFI", ...).
     ``correct_only``: only images whose predicted set is also that set (exactly); set it to False
     for a model that rarely predicts whole sets exactly - the attack then changes whatever set
-    the model predicts for the image. ``batch_size``: images per model call (None: from the image size).
+    the model predicts for the image. ``batch_size``: images per model call (None: from the image
+    size).
     """
     if not dataset.info.multilabel:
         raise ValueError(
@@ -1013,8 +1023,8 @@ def images_per_label_set(
         )
     if not is_multilabel(model):
         raise ValueError(
-            f"images_per_label_set: the model is single-label (softmax) but {dataset.info.key!r} is "
-            f"multi-label; pass a model with one sigmoid output per finding."
+            f"images_per_label_set: the model is single-label (softmax) but {dataset.info.key!r} "
+            "is multi-label; pass a model with one sigmoid output per finding."
         )
     _check_per("per_set", per_set)
     sets = np.asarray(sets)
@@ -1069,7 +1079,8 @@ _ARRAYS = (
 )
 
 
-#: Part of every cache key; changes whenever the search itself changes, so older results are not reused.
+#: Part of every cache key; changes whenever the search itself changes,
+#: so older results are not reused.
 SEARCH_VERSION = "de3"
 
 
@@ -1086,7 +1097,8 @@ def attack_key(
     seed: int = 0,
     weights: str = "",
 ) -> str:
-    """Cache key of a pixel attack: the model's key, the settings, a digest of the images, targets and weights.
+    """Cache key of a pixel attack: the model's key, the settings, a digest of the images, targets
+    and weights.
 
     ``weights``: :func:`~helpers.models.weights_digest` of the model, so that a model trained again
     under the same key is attacked anew.
@@ -1147,7 +1159,8 @@ def cached_attack(
     cache=None,
     **kwargs,
 ) -> PixelAttackResult:
-    """:func:`pixel_attack`, saved in the course cache (``pixel_attacks``) and reloaded by later runs.
+    """:func:`pixel_attack`, saved in the course cache (``pixel_attacks``) and reloaded by later
+    runs.
 
     ``model_key`` names the trained model (``TrainedModel.key``); the key also covers the images,
     targets and every DE setting, so a changed setting computes a new attack.
@@ -1170,8 +1183,7 @@ def cached_attack(
     if path.exists():
         return load_result(path)
     result = pixel_attack(model, images, **settings, **kwargs)
-    if not save_result(
-        result, path
-    ):  # another process saved the same attack meanwhile: use its file
+    # another process saved the same attack meanwhile: use its file
+    if not save_result(result, path):
         return load_result(path)
     return result

@@ -333,7 +333,8 @@ def pixel_examples(
     suptitle: str,
     cmap_grey: str = "gray",
 ) -> Figure:
-    """Pixel-attack examples: clean images (top row) and adversarial ones (bottom), changed pixels circled.
+    """Pixel-attack examples: clean images (top row) and adversarial ones (bottom), changed pixels
+    circled.
 
     ``clean``, ``adversarial``: (N, H, W, C) in [0, 1]; ``pixels``: (N, k, 2 + C) changed pixels,
     x (column) and y (row) first; ``before`` / ``after``: the clean and adversarial predictions,
@@ -418,7 +419,8 @@ def class_balance(
 
 
 def figure_alt_text(fig: Figure, limit: int = ALT_TEXT_LIMIT) -> str:
-    """A short description of ``fig`` for screen readers: its title, then each panel's title and axes."""
+    """A short description of ``fig`` for screen readers: its title, then each panel's title and
+    axes."""
     title = fig._suptitle.get_text().strip() if getattr(fig, "_suptitle", None) is not None else ""
     panels = []
     for ax in fig.axes:
@@ -441,7 +443,8 @@ def figure_alt_text(fig: Figure, limit: int = ALT_TEXT_LIMIT) -> str:
 
 
 def _attach_alt_text_to_inline_figures() -> None:
-    """Let the notebook's inline backend store :func:`figure_alt_text` in every figure output's metadata."""
+    """Let the notebook's inline backend store :func:`figure_alt_text` in every figure output's
+    metadata."""
     try:
         from matplotlib_inline import backend_inline
     except ImportError:  # not in a notebook

@@ -19,7 +19,8 @@ The regression tests compare such a file with ``tests/references/<chapter>.<scal
     {"chapter": "01_transfer_learning", "scale": "smoke",
      "checks": {"pneumonia/small_cnn/test_accuracy": {"min": 0.6},
                 "pneumonia/real_data": {"equals": true},
-                "pneumonia/auc": {"value": 0.9, "abs_tol": 0.05, "when": {"pneumonia/real_data": true}}}}
+                "pneumonia/auc": {"value": 0.9, "abs_tol": 0.05,
+                                  "when": {"pneumonia/real_data": true}}}}
 
 A key may also map to a list of such checks, e.g. one for real and one for synthetic data.
 """
@@ -78,16 +79,16 @@ def peak_memory_mib() -> float | None:
     except ImportError:  # Windows
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(
-        peak / (2**20 if sys.platform == "darwin" else 2**10), 1
-    )  # macOS: bytes; Linux: KiB
+    # macOS: bytes; Linux: KiB
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 class Recorder:
     """Collect a chapter's key numbers and keep ``<chapter>.results.json`` up to date.
 
     The file also holds the image passes through each model since the recorder was made
-    (:mod:`helpers.costs`) and the kernel's peak memory, brought up to date after every notebook cell.
+    (:mod:`helpers.costs`) and the kernel's peak memory, brought up to date after every notebook
+    cell.
     """
 
     def __init__(self, chapter: str, scale: str):
@@ -100,7 +101,8 @@ class Recorder:
         self._follow_cells()
 
     def _follow_cells(self) -> None:
-        """In a notebook: rewrite the file after every cell, so that the pass counts stay current."""
+        """In a notebook: rewrite the file after every cell, so that the pass counts stay
+        current."""
         try:
             shell = get_ipython()  # noqa: F821 - defined inside IPython only
         except NameError:
@@ -109,9 +111,8 @@ class Recorder:
         for callback in [
             c for c in callbacks if isinstance(getattr(c, "__self__", None), Recorder)
         ]:
-            shell.events.unregister(
-                "post_run_cell", callback
-            )  # a chapter re-run: one recorder at a time
+            # a chapter re-run: one recorder at a time
+            shell.events.unregister("post_run_cell", callback)
         shell.events.register("post_run_cell", self._after_cell)
 
     def _after_cell(self, result=None) -> None:
@@ -123,7 +124,8 @@ class Recorder:
         return self._path
 
     def log(self, key: str, value: Any) -> Value:
-        """Record ``value`` under ``key`` (a later call with the same key replaces it); return it."""
+        """Record ``value`` under ``key`` (a later call with the same key replaces it); return
+        it."""
         if not isinstance(key, str) or not key:
             raise ValueError(f"record keys are non-empty strings, not {key!r}")
         self.values[key] = plain = to_plain(value)
@@ -176,7 +178,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _applies(spec: dict, values: dict) -> bool:
-    """True when every ``when`` condition of ``spec`` holds in ``values`` (all condition keys present)."""
+    """True when every ``when`` condition of ``spec`` holds in ``values`` (all condition keys
+    present)."""
     return all(values[key] == expected for key, expected in spec.get("when", {}).items())
 
 

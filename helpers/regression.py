@@ -173,7 +173,8 @@ def run_chapters(
     seed: int | None = None,
     cache: Path | None = None,
 ) -> dict[str, Path | None]:
-    """Execute the chapters into ``work`` (a fresh cache ``work/cache`` unless ``cache``); their results files."""
+    """Execute the chapters into ``work`` (a fresh cache ``work/cache`` unless ``cache``); their
+    results files."""
     parameters = None if seed is None else {"SEED": int(seed)}
     with _environ(**{ENV_CACHE_DIR: str(cache or work / "cache")}):
         summary = run(scale, work / "book", chapters=chapters, build=False, parameters=parameters)
@@ -307,7 +308,7 @@ def _write_json(path: Path, content: dict) -> None:
     partial.replace(path)
 
 
-# ----------------------------------------------------------------------------- checks from the spread
+# --------------------------------------------------------------------------- checks from the spread
 
 
 def _matching_values(spread: dict, chapter: str, key: str, spec: dict) -> dict[str, list[float]]:
@@ -327,7 +328,8 @@ def _matching_values(spread: dict, chapter: str, key: str, spec: dict) -> dict[s
 def required_bounds(
     spread: dict, chapter: str, key: str, spec: dict
 ) -> tuple[float, float, list[str]]:
-    """(lo, hi, problems): the range a check must cover, mean -+ 3 sd in every configuration where it applies."""
+    """(lo, hi, problems): the range a check must cover, mean -+ 3 sd in every configuration where
+    it applies."""
     problems = []
     per_configuration = _matching_values(spread, chapter, key, spec)
     if not per_configuration:
@@ -370,16 +372,18 @@ def trace(spread: dict, chapter: str, key: str, spec: dict) -> list[str]:
         tol = spec.get("abs_tol", 0.0)
         if tol < minimum_tolerance(spec) - slack:
             problems.append(
-                f"{chapter}: {key}: abs_tol {tol} is below one image's worth, {minimum_tolerance(spec):.4g}"
+                f"{chapter}: {key}: abs_tol {tol} is below one image's "
+                f"worth, {minimum_tolerance(spec):.4g}"
             )
         if spec["value"] - tol > lo + slack or spec["value"] + tol < hi - slack:
             problems.append(
-                f"{chapter}: {key}: {describe_check(spec)} does not cover the spread [{lo:.4f}, {hi:.4f}]"
+                f"{chapter}: {key}: {describe_check(spec)} does not cover the spread "
+                f"[{lo:.4f}, {hi:.4f}]"
             )
         if tol > MAX_TOLERANCE:
             problems.append(
-                f"{chapter}: {key}: ± {tol:.3f} is too wide to tell a change from noise: do not check it "
-                f"at this scale, or raise its budget"
+                f"{chapter}: {key}: ± {tol:.3f} is too wide to tell a change from noise: do not "
+                "check it at this scale, or raise its budget"
             )
     if "min" in spec and spec["min"] > lo + slack:
         problems.append(
@@ -391,7 +395,8 @@ def trace(spread: dict, chapter: str, key: str, spec: dict) -> list[str]:
         )
     if spec.get("claim") and not spec.get("min", 0) > 0:
         problems.append(
-            f"{chapter}: {key}: the claim '{spec['claim']}' needs a margin min > 0 (got {spec.get('min')})"
+            f"{chapter}: {key}: the claim '{spec['claim']}' needs a margin min > 0 "
+            f"(got {spec.get('min')})"
         )
     return problems
 
@@ -417,14 +422,16 @@ def derived_check(spread: dict, chapter: str, key: str, spec: dict) -> tuple[dic
 
 
 def _reference_files(scale: str, folder: str | Path | None = None) -> Iterator[tuple[Path, dict]]:
-    """Every chapter reference of ``scale`` in ``folder`` (default: ``tests/references``): path, content."""
+    """Every chapter reference of ``scale`` in ``folder`` (default: ``tests/references``): path,
+    content."""
     for path in sorted(Path(folder or REFERENCES_DIR).glob(f"*.{scale}.json")):
         if not path.name.startswith("spread."):
             yield path, json.loads(path.read_text())
 
 
 def rederive_references(scale: str, folder: str | Path | None = None) -> list[str]:
-    """Rewrite every reference of ``scale`` from its spread; return the problems (untraceable checks)."""
+    """Rewrite every reference of ``scale`` from its spread; return the problems (untraceable
+    checks)."""
     spread = load_spread(scale, folder)
     problems = []
     for path, reference in _reference_files(scale, folder):
@@ -534,7 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(
             f"Error: {error}. References exist for: "
-            f"{', '.join(sorted({p.name.split('.')[1] for p in REFERENCES_DIR.glob('*.*.json')}))}.",
+            f"{', '.join(sorted({p.name.split('.')[1] for p in REFERENCES_DIR.glob('*.*.json')}))}"
+            ".",
             file=sys.stderr,
         )
         return 1

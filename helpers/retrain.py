@@ -87,7 +87,8 @@ def run_key(
 def perturbed_training_set(
     images: np.ndarray, perturbations: list, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Half the images clean, the other half (N // 2, at random) each plus one of ``perturbations`` at random.
+    """Half the images clean, the other half (N // 2, at random) each plus one of ``perturbations``
+    at random.
 
     Args:
         images: (N, H, W, C) in [0, 1].
@@ -124,7 +125,8 @@ def _choose(n_images: int, n_uaps: int, seed: int) -> np.ndarray:
 
 
 def retraining_set(train, perturbations: list, seed: int = 0):
-    """``train`` (a :class:`~helpers.data.MedDataset`) with half its images perturbed; labels unchanged.
+    """``train`` (a :class:`~helpers.data.MedDataset`) with half its images perturbed; labels
+    unchanged.
 
     The images are those of :func:`perturbed_training_set`, but the UAPs are added a batch at a
     time when the images are read (``MedDataset.added``): no second copy of the training set.
@@ -229,7 +231,8 @@ def _check(
         or not 0 <= target < n_classes
     ):
         raise ValueError(
-            f"target={target!r}: pass a class index in [0, {n_classes}), or None for non-targeted UAPs."
+            f"target={target!r}: pass a class index in [0, {n_classes}), or None for non-targeted "
+            "UAPs."
         )
 
 
@@ -260,21 +263,23 @@ def adversarial_retraining(
     """Retrain ``trained`` (a :class:`~helpers.training.TrainedModel`) against UAPs, round by round.
 
     Args:
-        splits: the model's train/val/test :class:`~helpers.data.MedDataset` splits; the model is fine-tuned
-            on the whole training split.
-        zeta, norm, eps, i_max: the UAPs' size (fraction of the mean image norm), norm, FGSM step, passes.
-        mode: how the UAPs are computed: "faithful" (paper 000's algorithm) or "batched" (the faster variant).
+        splits: the model's train/val/test :class:`~helpers.data.MedDataset` splits; the model is
+            fine-tuned on the whole training split.
+        zeta, norm, eps, i_max: the UAPs' size (fraction of the mean image norm), norm, FGSM step,
+            passes.
+        mode: how the UAPs are computed: "faithful" (paper 000's algorithm) or "batched" (the faster
+            variant).
         target: a class for targeted UAPs (R_s is recorded), None for non-targeted (R_f).
         rounds, uaps_per_round, epochs: paper 000: 5, 10, 5.
         attack_images: training images each UAP is made from (fewer if the split is smaller), drawn
             from the split as stored: no image twice, even where training oversamples.
         eval_images: test images the rates are measured on (a seeded random subset; None: all).
-        learning_rate: the base rate of the extra epochs. Paper 000 does not state it; None runs chapter 1's
-            schedule over them (base 1e-3, stepped down at 80 % and 90 % of the epochs).
+        learning_rate: the base rate of the extra epochs. Paper 000 does not state it; None runs
+            chapter 1's schedule over them (base 1e-3, stepped down at 80 % and 90 % of the epochs).
         cache: the folder holding the runs (default: the course cache's ``retraining``).
     Returns:
-        a :class:`RetrainingRun`; round 0 of its table is the model before retraining. Calling again with
-        more ``rounds`` reloads the finished rounds and computes only the new ones.
+        a :class:`RetrainingRun`; round 0 of its table is the model before retraining. Calling again
+        with more ``rounds`` reloads the finished rounds and computes only the new ones.
     """
     _check(
         trained,
@@ -325,9 +330,8 @@ def adversarial_retraining(
         done = folder / f"round{number}"
         if (done / "round.json").is_file():
             row, adv_pred = _load_round(done)
-            saved_model = (
-                done / "model" if number > 0 else None
-            )  # loaded only if a later round needs it
+            # loaded only if a later round needs it
+            saved_model = done / "model" if number > 0 else None
             rows.append(row)
             adv_preds.append(adv_pred)
             resumed.append(number)
@@ -355,9 +359,8 @@ def adversarial_retraining(
         row = _round_row(number, rate, scores, time.perf_counter() - start, train.info.n_classes)
         adv_pred = scores["adv_pred"]
         if not _save_round(done, model, row, fresh, adv_pred, with_model=number > 0):
-            row, adv_pred = _load_round(
-                done
-            )  # another process finished this round first: use its numbers
+            # another process finished this round first: use its numbers
+            row, adv_pred = _load_round(done)
         rows.append(row)
         adv_preds.append(adv_pred)
     if saved_model is not None:
@@ -370,7 +373,8 @@ def adversarial_retraining(
 def _retrain_once(
     model, train, attack, val, settings, uaps_per_round, epochs, batch_size, learning_rate, seed
 ):
-    """Steps (i)-(iii): UAPs against ``model``, the half-perturbed training set, fine-tuning a copy."""
+    """Steps (i)-(iii): UAPs against ``model``, the half-perturbed training set, fine-tuning a
+    copy."""
     perturbations = [
         uap.universal_perturbation(model, attack, seed=seed + k, **settings).perturbation
         for k in range(uaps_per_round)
@@ -420,7 +424,8 @@ def _round_row(number, rate, scores, seconds, n_classes) -> dict:
 def _save_round(
     folder: Path, model, row: dict, fresh: uap.UAPResult, adv_pred: np.ndarray, with_model: bool
 ) -> bool:
-    """Write one finished round into a staging folder, then rename it to ``folder`` (all or nothing).
+    """Write one finished round into a staging folder, then rename it to ``folder``
+    (all or nothing).
 
     Returns False, keeping the saved round, when another process finished it first. A ``folder``
     left incomplete by an older layout is moved aside, never deleted.

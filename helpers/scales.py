@@ -75,12 +75,8 @@ class Preset:
     uap_i_max: int = 15  # passes over them (paper 000: 15)
     uap_eps: float = 0.01  # FGSM step strength in [0, 1] pixel units
     uap_mode: str = "faithful"  # "faithful": paper 000's algorithm; "batched": the faster variant
-    zeta_grid: tuple[float, ...] = (
-        0.01,
-        0.02,
-        0.04,
-        0.06,
-    )  # UAP size as a fraction of mean image norm
+    # UAP size as a fraction of mean image norm
+    zeta_grid: tuple[float, ...] = (0.01, 0.02, 0.04, 0.06)
     eval_images: int = 300  # test images a UAP is evaluated on
     natural_images: int = 1000  # natural photos a UAP is made from (paper 001: 100,000, one pass)
     natural_chunk: int = 250  # R_f is logged after every chunk of them (the course's curve)
@@ -119,7 +115,8 @@ class Preset:
 
     @property
     def label(self) -> str:
-        """The scale's name, with ``-rehearsal`` for a rehearsal: names its results and cache entries."""
+        """The scale's name, with ``-rehearsal`` for a rehearsal: names its results and cache
+        entries."""
         return f"{self.name}-rehearsal" if self.rehearsal else self.name
 
     @property
@@ -131,13 +128,15 @@ class Preset:
         """One line for a chapter's output."""
         weights = self.weights or "random initialisation"
         line = (
-            f"scale '{self.name}': {self.image_size} px, architectures {', '.join(self.architectures)}, "
-            f"{self.epochs} epochs, weights: {weights}"
+            f"scale '{self.name}': {self.image_size} px, "
+            f"architectures {', '.join(self.architectures)}, {self.epochs} epochs, "
+            f"weights: {weights}"
         )
         if self.rehearsal:
             line += (
-                "\nREHEARSAL of this scale: its shapes and code paths with tiny budgets, random-initialised "
-                "backbones standing in for the ImageNet weights and synthetic data; the numbers mean nothing."
+                "\nREHEARSAL of this scale: its shapes and code paths with tiny budgets, "
+                "random-initialised backbones standing in for the ImageNet weights and synthetic "
+                "data; the numbers mean nothing."
             )
         return line
 
@@ -198,8 +197,8 @@ _PRESETS = {
         notes="A laptop: minutes per chapter.",
     ),
     # The gpu budgets are cut until every chapter's predicted compute on a T4 stays near 10 minutes
-    # (helpers/timing.py: image passes counted from the preset, times the per-image cost on a T4), so a
-    # chapter with its loading, tracing and plotting fits a 15-minute lab.
+    # (helpers/timing.py: image passes counted from the preset, times the per-image cost on a T4),
+    # so a chapter with its loading, tracing and plotting fits a 15-minute lab.
     "gpu": Preset(
         name="gpu",
         image_size=64,
@@ -218,7 +217,8 @@ _PRESETS = {
         eval_images=400,
         natural_images=800,
         natural_chunk=200,
-        uap_mode="batched",  # the faithful loop would not fit a T4's 15 minutes; chapter 2 compares both
+        # the faithful loop would not fit a T4's 15 minutes; chapter 2 compares both
+        uap_mode="batched",
         pixel_images_per_class=6,
         pixel_population=100,
         pixel_generations=40,

@@ -54,7 +54,8 @@ PATTERN_AMPLITUDE = 0.22
 #: which brings its accuracy near the real data's (about 90 %).
 STRENGTH = {"pneumonia": (0.0, 1.2)}
 DEFAULT_STRENGTH = (0.6, 1.3)
-MULTILABEL_GAIN = 2.5  # findings are rarer and overlap: stronger than class patterns, so a model learns to report them
+# findings are rarer and overlap: stronger than class patterns, so a model learns to report them
+MULTILABEL_GAIN = 2.5
 NOISE_SD = 0.05
 
 
@@ -81,7 +82,8 @@ def _patterns(
 
 
 def _render(centres, widths, amplitudes, size: int) -> np.ndarray:
-    """Sum of Gaussian blobs. centres (N, B, 2), widths (N, B), amplitudes (N, B, C) -> (N, S, S, C)."""
+    """Sum of Gaussian blobs. centres (N, B, 2), widths (N, B), amplitudes
+    (N, B, C) -> (N, S, S, C)."""
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
     dy = grid[None, None, :] - centres[..., 0:1]  # (N, B, S)
     dx = grid[None, None, :] - centres[..., 1:2]
@@ -102,7 +104,8 @@ def _backgrounds(rng, count: int, size: int, channels: int, colour: bool) -> np.
 def _class_images(
     rng, patterns, index: np.ndarray, size: int, strength=DEFAULT_STRENGTH
 ) -> np.ndarray:
-    """The pattern of class index[i] for every image, jittered and with a random strength in ``strength``."""
+    """The pattern of class index[i] for every image, jittered and with a random strength in
+    ``strength``."""
     count = len(index)
     centres = patterns["centres"][index] + rng.normal(0, 0.02, size=(count, BLOBS_PER_PATTERN, 2))
     strength = rng.uniform(*strength, size=(count, 1, 1))
@@ -138,7 +141,8 @@ def make_synthetic(info, split: str, size: int, seed: int = 0, count: int | None
     count = int(count or min(info.n_samples[split], default))
     if count < info.n_classes:
         raise ValueError(
-            f"count={count}: a synthetic split needs at least one image per class ({info.n_classes})."
+            f"count={count}: a synthetic split needs at least one image per class "
+            f"({info.n_classes})."
         )
     rng = np.random.default_rng(_seed(info.key, split, size, seed))
     labels = _labels(rng, info.key, split, count, info.n_classes)

@@ -4,21 +4,22 @@
 through the models while a chapter runs (the shape of ``"passes"`` in a results file, counted by
 :mod:`helpers.costs`), as arithmetic from the scale preset and the split sizes. One small function
 per chapter mirrors its notebook cell by cell, built from a few blocks: training (:func:`training`),
-UAPs (:func:`uap_passes`), predictions and UAP evaluations (:func:`predictions`, :func:`evaluations`),
-pixel attacks (:func:`pixel_attack_passes`, :func:`random_pixel_passes`) and adversarial retraining
-(:func:`retraining_passes`). The chapter is assumed to run with chapter 1's models in the course cache
-and no UAP, pixel attack or retraining round cached yet; what the chapter computes twice with the
-same arguments (a cached UAP asked for again, an eps grid search already done) is counted once.
-Pixel attacks stop early, per image, once they succeed, and attack only the correctly classified
-images they find: their terms are upper bounds (all generations, every image found). With
-``shared_cache=True`` the chapters before are taken to have run in the same cache (a whole course run
-in order, as a rehearsal does): what they cached is not counted again.
+UAPs (:func:`uap_passes`), predictions and UAP evaluations (:func:`predictions`,
+:func:`evaluations`), pixel attacks (:func:`pixel_attack_passes`, :func:`random_pixel_passes`) and
+adversarial retraining (:func:`retraining_passes`). The chapter is assumed to run with chapter 1's
+models in the course cache and no UAP, pixel attack or retraining round cached yet; what the chapter
+computes twice with the same arguments (a cached UAP asked for again, an eps grid search already
+done) is counted once. Pixel attacks stop early, per image, once they succeed, and attack only the
+correctly classified images they find: their terms are upper bounds (all generations, every image
+found). With ``shared_cache=True`` the chapters before are taken to have run in the same cache (a
+whole course run in order, as a rehearsal does): what they cached is not counted again.
 
-**Split sizes.** :func:`split_sizes` loads the splits (:func:`helpers.data.load_for_scale`) and counts
-them: exact for the data loaded (a rehearsal always uses synthetic data, whose class draws are
-random). :func:`official_sizes` samples label lists with the official MedMNIST class counts the same
-way the loader samples the real files: exact for the real data, except the number of ChestMNIST
-training images with a finding, estimated (it matters only when no ``max_train`` caps it: ``paper``).
+**Split sizes.** :func:`split_sizes` loads the splits (:func:`helpers.data.load_for_scale`) and
+counts them: exact for the data loaded (a rehearsal always uses synthetic data, whose class draws
+are random). :func:`official_sizes` samples label lists with the official MedMNIST class counts the
+same way the loader samples the real files: exact for the real data, except the number of ChestMNIST
+training images with a finding, estimated (it matters only when no ``max_train`` caps it:
+``paper``).
 
 **Time.** Source of the cost: NVIDIA DeepLearningExamples,
 ``TensorFlow/Classification/ConvNets/resnet50v1.5/README.md``, "Inference performance: NVIDIA T4
@@ -26,16 +27,18 @@ training images with a finding, estimated (it matters only when no ``max_train``
 NGC container) -> 2.41 ms per forward pass of one image. A backward pass (gradient w.r.t. weights or
 input) is taken as 2 forward passes (the usual rule; the same README's V100 numbers give a training
 step 2.8x the inference cost per image: 1,140 img/s FP32 inference at batch 32 vs 412 img/s FP32+XLA
-training, at batch 128). Other architectures and input sides scale by their floating-point operations
-relative to ResNet-50 at 224 px, measured with TensorFlow's profiler on the Keras application built
-with ``weights=None`` at the side the course model resizes to (``preset.backbone_input``); the small
-CNN is measured the same way. :func:`predicted_minutes` is compute only, a lower estimate: data
-loading, tracing, plotting and the passes :mod:`helpers.costs` does not count are left out, and small
-inputs keep a GPU less busy than ResNet-50's 224 px do (no fixed overhead per chapter is added:
-nothing measured here would justify one). Its pixel-attack terms are upper bounds (see above).
+training, at batch 128). Other architectures and input sides scale by their floating-point
+operations relative to ResNet-50 at 224 px, measured with TensorFlow's profiler on the Keras
+application built with ``weights=None`` at the side the course model resizes to
+(``preset.backbone_input``); the small CNN is measured the same way. :func:`predicted_minutes` is
+compute only, a lower estimate: data loading, tracing, plotting and the passes :mod:`helpers.costs`
+does not count are left out, and small inputs keep a GPU less busy than ResNet-50's 224 px do (no
+fixed overhead per chapter is added: nothing measured here would justify one). Its pixel-attack
+terms are upper bounds (see above).
 
 Usage: ``python -m helpers.timing [--scale gpu] [--rehearsal]`` prints :func:`readme_table`;
-``python -m helpers.timing --scale gpu --check DIR`` compares a rehearsal's counted passes with the arithmetic.
+``python -m helpers.timing --scale gpu --check DIR`` compares a rehearsal's counted passes with the
+arithmetic.
 """
 
 from __future__ import annotations
@@ -71,8 +74,9 @@ SEED = 0  # the chapters' SEED parameter
 T4_RESNET50_IMAGES_PER_SECOND = 414.66
 REFERENCE = ("resnet50", 224)  # the architecture and side that rate is for
 BACKWARD_FACTOR = 2.0  # a backward pass costs this many forward passes
-#: ChestX-ray14 (NIH): 60,361 of its 112,120 images are labelled "No Finding"; the share with a finding
-#: estimates how many ChestMNIST training images are kept (the chest model trains only on those).
+#: ChestX-ray14 (NIH): 60,361 of its 112,120 images are labelled "No Finding"; the share
+#: with a finding estimates how many ChestMNIST training images are kept (the chest model
+#: trains only on those).
 CHEST_SHARE_WITH_FINDING = 1 - 60_361 / 112_120
 
 
@@ -102,7 +106,8 @@ def split_sizes(
 ) -> dict[str, SplitSizes]:
     """Sizes of every dataset's splits, by loading them as the chapters do: exact for that data.
 
-    ``source="synthetic"`` (what a rehearsal uses) generates the stand-ins: seconds at the ``gpu`` scale.
+    ``source="synthetic"`` (what a rehearsal uses) generates the stand-ins: seconds at the ``gpu``
+    scale.
     """
     return {
         name: _sizes_of(data.load_for_scale(name, preset, seed=seed, source=source, verbose=False))
@@ -111,7 +116,8 @@ def split_sizes(
 
 
 def _label_only(info, split: str, counts) -> data.MedDataset:
-    """A split with the official class counts and no pixels (1 x 1 px): the samplers only read labels."""
+    """A split with the official class counts and no pixels (1 x 1 px): the samplers only read
+    labels."""
     labels = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
     return data.MedDataset(info, split, np.zeros((len(labels), 1, 1, 1), np.uint8), labels)
 
@@ -145,15 +151,17 @@ def official_sizes(preset: Preset, seed: int = SEED) -> dict[str, SplitSizes]:
 
     The loader's samplers (class-balanced subsets, stratified caps, oversampling) run on label lists
     with the official counts: their sizes depend only on those counts, so this is exact for the real
-    files. ChestMNIST's training images with a finding are estimated (:data:`CHEST_SHARE_WITH_FINDING`);
-    any ``max_train`` below about 36,000 (every scale but ``paper``) makes that exact too.
+    files. ChestMNIST's training images with a finding are estimated
+    (:data:`CHEST_SHARE_WITH_FINDING`); any ``max_train`` below about 36,000 (every scale but
+    ``paper``) makes that exact too.
     """
     sizes = {name: _official_single_label(name, preset, seed) for name in UAP_DATASETS}
     return {**sizes, "chest": _official_chest(preset)}
 
 
 def default_sizes(preset: Preset) -> dict[str, SplitSizes]:
-    """The sizes a chapter run at ``preset`` sees: synthetic for a rehearsal, else the real data's."""
+    """The sizes a chapter run at ``preset`` sees: synthetic for a rehearsal, else the real
+    data's."""
     return split_sizes(preset) if preset.rehearsal else official_sizes(preset)
 
 
@@ -164,9 +172,9 @@ def default_sizes(preset: Preset) -> dict[str, SplitSizes]:
 class Work:
     """Image passes of one piece of a chapter's work through one architecture.
 
-    ``key`` names a result the course caches (a trained model, a UAP, a pixel attack, an eps search):
-    work with the same key is done once per cache. ``bound``: the passes are an upper bound (early
-    stopping, or image counts that depend on the model's predictions).
+    ``key`` names a result the course caches (a trained model, a UAP, a pixel attack, an eps
+    search): work with the same key is done once per cache. ``bound``: the passes are an upper bound
+    (early stopping, or image counts that depend on the model's predictions).
     """
 
     arch: str
@@ -177,7 +185,8 @@ class Work:
 
 
 def training(arch: str, epochs: int, sizes: SplitSizes, key: tuple | None = None) -> Work:
-    """``training.fit``: per epoch the training and validation images forward, the training images backward."""
+    """``training.fit``: per epoch the training and validation images forward, the training images
+    backward."""
     return Work(arch, epochs * (sizes.train + sizes.val), epochs * sizes.train, key)
 
 
@@ -187,18 +196,20 @@ def predictions(arch: str, images: int, bound: bool = False) -> Work:
 
 
 def evaluations(arch: str, images: int, count: int = 1) -> Work:
-    """``count`` calls of ``uap.evaluate`` on ``images`` images: clean and perturbed predictions each."""
+    """``count`` calls of ``uap.evaluate`` on ``images`` images: clean and perturbed predictions
+    each."""
     return Work(arch, 2 * images * count)
 
 
 def uap_passes(
     arch: str, images: int, passes: int, eval_images: int = 0, key: tuple | None = None
 ) -> Work:
-    """``uap.universal_perturbation`` on N = ``images`` attack images, i = ``passes``, E = ``eval_images``.
+    """``uap.universal_perturbation`` on N = ``images`` attack images, i = ``passes``,
+    E = ``eval_images``.
 
-    Forward: N + E clean predictions, then per pass 3N (two predictions and the FGSM step) + N (R_f on
-    the attack images) + E (R_f on the evaluation images). Backward: N per pass (the FGSM gradients).
-    Every pass runs (the chapters set no ``stop_at``).
+    Forward: N + E clean predictions, then per pass 3N (two predictions and the FGSM step) + N (R_f
+    on the attack images) + E (R_f on the evaluation images). Backward: N per pass (the FGSM
+    gradients). Every pass runs (the chapters set no ``stop_at``).
     """
     forward = images + eval_images + passes * (4 * images + eval_images)
     return Work(arch, forward, passes * images, key)
@@ -207,7 +218,8 @@ def uap_passes(
 def pixel_attack_passes(
     arch: str, images: int, population: int, generations: int, key: tuple | None = None
 ) -> Work:
-    """``pixel.pixel_attack``: clean and final predictions, the initial population, each generation's children.
+    """``pixel.pixel_attack``: clean and final predictions, the initial population, each
+    generation's children.
 
     Upper bound: an image stops once its attack succeeds, and a chapter attacks only the correctly
     classified images it finds (``images`` is the most it can find).
@@ -216,7 +228,8 @@ def pixel_attack_passes(
 
 
 def random_pixel_passes(arch: str, images: int, tries: int) -> Work:
-    """``pixel.random_pixels``: clean and final predictions and ``tries`` candidates per image (bound: images found)."""
+    """``pixel.random_pixels``: clean and final predictions and ``tries`` candidates per image
+    (bound: images found)."""
     return Work(arch, images * (2 + tries), bound=True)
 
 
@@ -225,9 +238,9 @@ def retraining_passes(
 ) -> Work:
     """``retrain.adversarial_retraining`` with the preset's budgets (chapter 7's ``SETTINGS``).
 
-    Round 0: a fresh UAP on N attack images and its evaluation on E test images. Every further round:
-    ``retrain_uaps`` UAPs, ``retrain_epochs`` epochs of fine-tuning on the training split, a fresh UAP
-    and its evaluation.
+    Round 0: a fresh UAP on N attack images and its evaluation on E test images. Every further
+    round: ``retrain_uaps`` UAPs, ``retrain_epochs`` epochs of fine-tuning on the training split, a
+    fresh UAP and its evaluation.
     """
     n, e = attack_count(sizes, preset), eval_count(sizes, preset)
     fresh = [uap_passes(arch, n, preset.uap_i_max), evaluations(arch, e)]
@@ -298,18 +311,19 @@ def _uap(
 
 
 def _chapter_01(preset: Preset, sizes: dict) -> list[Work]:
-    """Chapter 1: training every model, then its accuracy (or AUC) on the test and training images."""
+    """Chapter 1: training every model, then its accuracy (or AUC) on the test and training
+    images."""
     work = []
     for name in ALL_DATASETS:
         s = sizes[name]
         for arch in preset.architectures:
             work += [
                 _train_model(name, arch, preset, s),  # cell "training.get_or_train"
+                # cell "How well do they classify?"
                 predictions(arch, s.test + s.train),
-            ]  # cell "How well do they classify?"
-    work.append(
-        predictions(preset.main_architecture, sizes["chest"].test)
-    )  # cell "AUC per finding"
+            ]
+    # cell "AUC per finding"
+    work.append(predictions(preset.main_architecture, sizes["chest"].test))
     return work
 
 
@@ -319,7 +333,8 @@ def _chapter_01(preset: Preset, sizes: dict) -> list[Work]:
 def _transferability(
     name: str, preset: Preset, s: SplitSizes, zeta: float, target=None
 ) -> list[Work]:
-    """Cells "Transferability": p = 2 UAPs of every model (a second seed if one architecture), each on each model."""
+    """Cells "Transferability": p = 2 UAPs of every model (a second seed if one architecture), each
+    on each model."""
     main, e = preset.main_architecture, eval_count(s, preset)
     pool = [(arch, "seed0") for arch in preset.architectures]
     work = []
@@ -338,9 +353,10 @@ def _chapter_02(preset: Preset, sizes: dict) -> list[Work]:
     zeta_of = {"derma": 0.04, "oct": 0.06, "pneumonia": 0.04}  # PAPER_ZETA
     main, e_pneumonia = preset.main_architecture, eval_count(sizes["pneumonia"], preset)
     few = min(60, attack_count(sizes["pneumonia"], preset))
-    # Cell "The algorithm": readable_uap's clean predictions (its own model(...) calls are not counted by
-    # helpers.costs), the helper's faithful pass, R_f of both. The ART cell: ART's own passes are not counted
-    # either; the helper's two faithful passes and both UAPs evaluated on the test images are.
+    # Cell "The algorithm": readable_uap's clean predictions (its own model(...) calls are not
+    # counted by helpers.costs), the helper's faithful pass, R_f of both. The ART cell: ART's own
+    # passes are not counted either; the helper's two faithful passes and both UAPs evaluated on the
+    # test images are.
     work = [
         predictions(main, few),
         uap_passes(main, few, 1),
@@ -365,7 +381,8 @@ def _chapter_02(preset: Preset, sizes: dict) -> list[Work]:
 
 
 def _chapter_03(preset: Preset, sizes: dict) -> list[Work]:
-    """Chapter 3: targeted UAPs (R_s versus zeta, Table 2, transferability), two targets per dataset."""
+    """Chapter 3: targeted UAPs (R_s versus zeta, Table 2, transferability), two targets per
+    dataset."""
     targets = {"derma": ["NV", "MEL"], "oct": ["NM", "CNV"], "pneumonia": ["NORMAL", "PNEUMONIA"]}
     zeta_of = {"derma": 0.02, "oct": 0.06, "pneumonia": 0.02}  # PAPER_ZETA
     main, work = preset.main_architecture, []
@@ -403,9 +420,11 @@ def _natural_key(name: str, arch: str, model: str, zeta: float, eps, target=None
 def _eps_search(
     name: str, arch: str, preset: Preset, s: SplitSizes, model: str = "seed0"
 ) -> list[Work]:
-    """``natural_eps``: a one-pass natural-image UAP per eps of the grid, R_f on validation images; once per model.
+    """``natural_eps``: a one-pass natural-image UAP per eps of the grid, R_f on validation images;
+    once per model.
 
-    The UAP with the eps chosen, at the paper's zeta, is then in the cache: the zero-cost marker says so.
+    The UAP with the eps chosen, at the paper's zeta, is then in the cache: the zero-cost marker
+    says so.
     """
     m, v = preset.natural_images, min(preset.eval_images, s.val)
     work = []
@@ -426,7 +445,8 @@ def _three(
     target=None,
     model: str = "seed0",
 ) -> list[Work]:
-    """``three_perturbations`` (and Table 2's UAPs): from training images, from natural images (tuned eps)."""
+    """``three_perturbations`` (and Table 2's UAPs): from training images, from natural images
+    (tuned eps)."""
     natural = _natural_key(name, arch, model, zeta, "best", target)
     return [
         _uap(
@@ -438,14 +458,16 @@ def _three(
 
 
 def _natural_chunks(name: str, preset: Preset, s: SplitSizes) -> list[Work]:
-    """``natural.uap_in_chunks``: one pass per chunk of natural images, R_f on the test images after each."""
+    """``natural.uap_in_chunks``: one pass per chunk of natural images, R_f on the test images after
+    each."""
     m, c, e = preset.natural_images, preset.natural_chunk, eval_count(s, preset)
     chunks = [min(c, m - start) for start in range(0, m, c)]
     return [uap_passes(preset.main_architecture, size, 1, eval_images=e) for size in chunks]
 
 
 def _table2(name: str, preset: Preset, s: SplitSizes) -> list[Work]:
-    """ "Does transfer learning cause it?": the backbone pretrained and from scratch (or the main model alone)."""
+    """ "Does transfer learning cause it?": the backbone pretrained and from scratch (or the main
+    model alone)."""
     zeta, e, main = CH4_TABLE2_ZETA[name], eval_count(s, preset), preset.main_architecture
     backbone = next((a for a in preset.architectures if a != "small_cnn"), None)
     if not (backbone and preset.weights == "imagenet"):
@@ -459,8 +481,8 @@ def _table2(name: str, preset: Preset, s: SplitSizes) -> list[Work]:
 def _chapter_04(preset: Preset, sizes: dict) -> list[Work]:
     """Chapter 4: UAPs from natural images (eps search, Fig. 1-5, Tables 1-2 of paper 001).
 
-    The natural images are ``preset.natural_images`` crops of scikit-image's photographs (a folder of
-    photos in ``NATURAL_IMAGES_DIR`` holding fewer gives fewer passes).
+    The natural images are ``preset.natural_images`` crops of scikit-image's photographs (a folder
+    of photos in ``NATURAL_IMAGES_DIR`` holding fewer gives fewer passes).
     """
     main, work = preset.main_architecture, []
     for name in UAP_DATASETS:
@@ -468,17 +490,16 @@ def _chapter_04(preset: Preset, sizes: dict) -> list[Work]:
         e = eval_count(s, preset)
         work += [
             predictions(main, preset.natural_images),  # Tables S1-S3
+            # "Choosing eps"
             *_eps_search(name, main, preset, s),
-        ]  # "Choosing eps"
+        ]
         for z in sorted(set(preset.zeta_grid) | {zeta}):  # "Training images, natural images, ..."
             work += [*_three(name, main, preset, s, z), evaluations(main, e, 3)]
         for arch in preset.architectures:  # "Across architectures"
             work += [*_three(name, arch, preset, s, zeta), evaluations(arch, e, 3)]
         work += _natural_chunks(name, preset, s)  # "The chunked log"
-        work += [
-            *_three(name, main, preset, s, zeta),
-            evaluations(main, e),
-        ]  # Figs. 4-5: all cached by now
+        # Figs. 4-5: all cached by now
+        work += [*_three(name, main, preset, s, zeta), evaluations(main, e)]
         for target in CH4_TARGETS[name]:  # "Targeted attacks" (Table 1)
             work += [
                 predictions(main, e),
@@ -495,7 +516,8 @@ def _chapter_04(preset: Preset, sizes: dict) -> list[Work]:
 def _pixel_pair(
     name: str, arch: str, preset: Preset, images: int, pixels: int, group: str
 ) -> list[Work]:
-    """``pixel.cached_attack`` and its random control (``tries`` = population) on one group of images."""
+    """``pixel.cached_attack`` and its random control (``tries`` = population) on one group of
+    images."""
     p, g = preset.pixel_population, preset.pixel_generations
     return [
         pixel_attack_passes(arch, images, p, g, key=("pixel", name, arch, pixels, group)),
@@ -504,15 +526,16 @@ def _pixel_pair(
 
 
 def _chapter_05(preset: Preset, sizes: dict) -> list[Work]:
-    """Chapter 5: one- to three-pixel attacks on pneumonia, OCT (untargeted and targeted) and skin lesions."""
+    """Chapter 5: one- to three-pixel attacks on pneumonia, OCT (untargeted and targeted) and skin
+    lesions."""
     victim, per_class = preset.pixel_victim, preset.pixel_images_per_class
     found = {
         name: [min(per_class, count) for count in sizes[name].test_classes] for name in UAP_DATASETS
     }
-    work = [
-        predictions(victim, sizes[name].test) for name in ("pneumonia", "oct", "derma")
-    ]  # images_per_class
-    # "Differential evolution, written out": the loop's own model(...) calls are not counted; the helper's are.
+    # images_per_class
+    work = [predictions(victim, sizes[name].test) for name in ("pneumonia", "oct", "derma")]
+    # "Differential evolution, written out": the loop's own model(...) calls are not
+    # counted; the helper's are.
     work.append(
         pixel_attack_passes(
             victim, min(1, found["pneumonia"][0]), preset.pixel_population, preset.pixel_generations
@@ -541,8 +564,9 @@ def _chapter_06(preset: Preset, sizes: dict) -> list[Work]:
     work = [
         predictions(victim, 2 * test),  # mean AUC, share with a finding
         predictions(victim, test),  # images_per_label_set
+        # ... again if too few were predicted exactly
         predictions(victim, test, bound=True),
-    ]  # ... again if too few were predicted exactly
+    ]
     for pixels in (1, 3):
         work += _pixel_pair("chest", victim, preset, images, pixels, "sets")
     return work
@@ -552,12 +576,12 @@ def _chapter_06(preset: Preset, sizes: dict) -> list[Work]:
 
 
 def _chapter_07(preset: Preset, sizes: dict) -> list[Work]:
-    """Chapter 7: three display UAPs, then adversarial retraining, non-targeted and targeted, per dataset."""
+    """Chapter 7: three display UAPs, then adversarial retraining, non-targeted and targeted, per
+    dataset."""
     main = preset.main_architecture
     shown = min(200, sizes["pneumonia"].train)
-    work = [
-        uap_passes(main, shown, 2) for _ in range(3)
-    ]  # "The retraining set" (faithful, 2 passes)
+    # "The retraining set" (faithful, 2 passes)
+    work = [uap_passes(main, shown, 2) for _ in range(3)]
     for name in UAP_DATASETS:  # "Retraining, round by round"
         for kind in ("non-targeted", "targeted"):
             work.append(
@@ -583,7 +607,8 @@ def _check_chapter(chapter: str) -> None:
 
 
 def chapter_work(chapter: str, preset, sizes=None, *, shared_cache: bool = False) -> list[Work]:
-    """The chapter's work items, each cached result once (and, with ``shared_cache``, none cached before)."""
+    """The chapter's work items, each cached result once (and, with ``shared_cache``, none cached
+    before)."""
     _check_chapter(chapter)
     preset = as_preset(preset)
     sizes = sizes or default_sizes(preset)
@@ -615,8 +640,9 @@ def chapter_passes(
 ) -> dict[str, dict[str, int]]:
     """``{architecture: {"forward": n, "backward": n}}``: image passes of ``chapter`` at ``preset``.
 
-    ``sizes``: :class:`SplitSizes` per dataset (default: :func:`default_sizes`). Pixel-attack terms are
-    upper bounds. ``shared_cache``: the earlier chapters ran in the same cache (what they cached is reused).
+    ``sizes``: :class:`SplitSizes` per dataset (default: :func:`default_sizes`). Pixel-attack terms
+    are upper bounds. ``shared_cache``: the earlier chapters ran in the same cache (what they cached
+    is reused).
     """
     return _totals(chapter_work(chapter, preset, sizes, shared_cache=shared_cache))
 
@@ -651,7 +677,8 @@ def compare(chapter: str, counted: dict, least: dict, most: dict) -> list[str]:
                 else f"between {low} and {high} (early stopping, images found)"
             )
             messages.append(
-                f"{chapter} {arch} {kind}: counted {got}, formula {expected} (difference {got - high:+d})"
+                f"{chapter} {arch} {kind}: counted {got}, formula {expected} "
+                f"(difference {got - high:+d})"
             )
     return messages
 
@@ -659,14 +686,15 @@ def compare(chapter: str, counted: dict, least: dict, most: dict) -> list[str]:
 def check_against_counts(
     results_dir, preset, sizes=None, *, shared_cache: bool = True, parallel: bool = False
 ) -> list[str]:
-    """Mismatches between the ``"passes"`` of ``<results_dir>/<chapter>.results.json`` and the formulas.
+    """Mismatches between the ``"passes"`` of ``<results_dir>/<chapter>.results.json`` and the
+    formulas.
 
     Deterministic terms must agree exactly; early-stopping and images-found terms may count less
     (counted <= formula). ``shared_cache=True``: the chapters ran in order in one cache that started
     empty, as a rehearsal runs them. ``parallel=True``: chapters after the first ran side by side
-    (``pipeline --jobs``), so a chapter may have computed what a chapter before it had not saved yet:
-    its count lies between the formula with the earlier chapters' cache and the formula without it.
-    Chapters without a results file are skipped (a chapter still running has partial counts).
+    (``pipeline --jobs``), so a chapter may have computed what a chapter before it had not saved
+    yet: its count lies between the formula with the earlier chapters' cache and the formula without
+    it. Chapters without a results file are skipped (a chapter still running has partial counts).
     """
     preset = as_preset(preset)
     messages = []
@@ -686,7 +714,8 @@ def check_against_counts(
 
 
 def backbone_side(arch: str, preset: Preset) -> int:
-    """Side (px) of the images the architecture computes on: the backbone input, or the stored size."""
+    """Side (px) of the images the architecture computes on: the backbone input, or the stored
+    size."""
     if get_architecture(arch).constructor is None:
         return preset.image_size
     return max(preset.backbone_input or preset.image_size, get_architecture(arch).min_input)
@@ -737,7 +766,8 @@ def forward_ms(arch: str, side: int) -> float:
 
 
 def passes_minutes(passes: dict, preset: Preset) -> float:
-    """Predicted T4 minutes of ``passes`` ({arch: {"forward", "backward"}}); a backward pass = 2 forward."""
+    """Predicted T4 minutes of ``passes`` ({arch: {"forward", "backward"}}); a backward pass = 2
+    forward."""
     ms = sum(
         forward_ms(arch, backbone_side(arch, preset))
         * (kinds["forward"] + BACKWARD_FACTOR * kinds["backward"])
@@ -747,13 +777,15 @@ def passes_minutes(passes: dict, preset: Preset) -> float:
 
 
 def predicted_minutes(chapter: str, preset, sizes=None) -> float:
-    """Predicted T4 minutes of ``chapter`` at ``preset`` (compute only; see the module docstring)."""
+    """Predicted T4 minutes of ``chapter`` at ``preset`` (compute only; see the module
+    docstring)."""
     preset = as_preset(preset)
     return passes_minutes(chapter_passes(chapter, preset, sizes), preset)
 
 
 def readme_table(scale: str = "gpu", rehearsal: bool = False, sizes=None) -> str:
-    """Markdown: per chapter, forward / backward passes (millions) per architecture and predicted T4 minutes."""
+    """Markdown: per chapter, forward / backward passes (millions) per architecture and predicted T4
+    minutes."""
     preset = get_preset(scale, rehearsal=rehearsal)
     passes = {chapter: chapter_passes(chapter, preset, sizes) for chapter in CHAPTERS}
     order = {arch: i for i, arch in enumerate(preset.architectures)}
@@ -775,9 +807,9 @@ def readme_table(scale: str = "gpu", rehearsal: bool = False, sizes=None) -> str
         lines.append(f"| {chapter} | {' | '.join(cells)} | {minutes:.1f} |")
     lines.append(f"| sum of the chapters | {' | '.join('' for _ in archs)} | {total:.1f} |")
     note = (
-        f"\nScale '{preset.label}': forward / backward image passes per architecture, in millions, each chapter "
-        f"run with chapter 1's models cached; minutes: compute only on a T4 (pixel attacks at all generations, "
-        f"an upper bound)."
+        f"\nScale '{preset.label}': forward / backward image passes per architecture, in "
+        "millions, each chapter run with chapter 1's models cached; minutes: compute only on a T4 "
+        "(pixel attacks at all generations, an upper bound)."
     )
     return "\n".join(lines) + "\n" + note
 

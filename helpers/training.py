@@ -38,11 +38,11 @@ def set_seed(seed: int) -> None:
 
 
 def learning_rate_at(epoch: int, epochs: int, base: float = 1e-3) -> float:
-    """Paper 000's step schedule; ``epoch`` counts from 0. 50 epochs: 1-40 base, 41-45 base/10, 46-50 base/100."""
+    """Paper 000's step schedule; ``epoch`` counts from 0. 50 epochs: 1-40 base, 41-45 base/10,
+    46-50 base/100."""
     number = epoch + 1
-    if number <= max(
-        1, 0.8 * epochs
-    ):  # the first epoch always at the base rate (1 epoch: not 1e-5)
+    # the first epoch always at the base rate (1 epoch: not 1e-5)
+    if number <= max(1, 0.8 * epochs):
         return base
     if number <= 0.9 * epochs:
         return base / 10
@@ -189,7 +189,8 @@ def fit(
 
 
 def _create_training_state(model: keras.Model, info) -> None:
-    """Create the optimizer's and the metrics' variables now, before ``fit`` traces its training step.
+    """Create the optimizer's and the metrics' variables now, before ``fit`` traces its training
+    step.
 
     Keras creates them lazily, while tracing; TensorFlow then traces the whole step a second time
     (about 10 s for InceptionV3 on a CPU). Zeros stand in for a batch; fit resets the metrics.
@@ -349,7 +350,8 @@ def _train_and_save(
         meta["rehearsal"] = f"random initialisation standing in for the {weights} weights"
     if not save_trained(model, folder, meta, history, keep_existing=keep_existing):
         return load_trained(folder, verbose=False)  # another process saved this model first: use it
-    # The saved model, without the optimizer's state (as large as the weights): what the attacks need.
+    # The saved model, without the optimizer's state (as large as the weights):
+    # what the attacks need.
     saved = load_trained(folder, verbose=False)
     return TrainedModel(saved.model, folder.name, folder, meta, history, from_cache=False)
 
@@ -420,9 +422,8 @@ def load_trained(folder: Path, verbose: bool = True) -> TrainedModel:
     folder = Path(folder)
     if not (folder / "model.keras").is_file():
         raise FileNotFoundError(f"{folder} holds no model.keras: not a trained-model folder.")
-    model = keras.models.load_model(
-        folder / "model.keras", compile=False
-    )  # no optimizer state: fit compiles
+    # no optimizer state: fit compiles
+    model = keras.models.load_model(folder / "model.keras", compile=False)
     meta = json.loads((folder / "meta.json").read_text())
     history = json.loads((folder / "history.json").read_text())
     if verbose:

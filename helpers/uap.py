@@ -86,7 +86,8 @@ def random_perturbation(
     """
     if inf_kind not in INF_CONTROLS:
         raise ValueError(
-            f"inf_kind={inf_kind!r}; choose one of {INF_CONTROLS} ('uniform' is the paper's control)."
+            f"inf_kind={inf_kind!r}; choose one of {INF_CONTROLS} ('uniform' is the paper's "
+            "control)."
         )
     rng = np.random.default_rng(seed)
     if parse_norm(norm) == np.inf:
@@ -127,8 +128,8 @@ class UAPResult:
         rate = "R_s" if self.targeted else "R_f"
         last = f", {rate} on the attack images {self.rates[-1]:.1%}" if self.rates else ""
         return (
-            f"{kind} UAP, p = {self.norm}, xi = {self.xi:.4g}, eps = {self.eps:.4g}, {self.mode} mode, "
-            f"{self.passes} passes in {self.seconds:.1f} s{last}"
+            f"{kind} UAP, p = {self.norm}, xi = {self.xi:.4g}, eps = {self.eps:.4g}, {self.mode} "
+            f"mode, {self.passes} passes in {self.seconds:.1f} s{last}"
         )
 
 
@@ -138,7 +139,8 @@ class UAPResult:
 def _fgsm_direction(model, x, labels, n_classes: int, step_inf, targeted):
     """Unit FGSM step (N, H, W, C) on x: up the loss of ``labels`` (down if ``targeted``).
 
-    ``step_inf`` and ``targeted`` are boolean tensors: a sign step (p = inf) or an L2-normalised one.
+    ``step_inf`` and ``targeted`` are boolean tensors: a sign step (p = inf) or an L2-normalised
+    one.
     """
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -168,11 +170,11 @@ def _project_tf(rho, xi, ball_inf):
 def _make_step(model, n_classes: int, batch=None):
     """A compiled update of rho from a batch of images (the batched mode; batch 1 = faithful).
 
-    ``ball_inf`` chooses the UAP's ball (L_inf or L_2), ``step_inf`` the FGSM step's norm (ART's FGSM
-    default: inf, a sign step), ``targeted`` the kind of UAP: all three are tensors, so one trace
-    serves every setting. ``batch=None`` traces it once for any batch size, so that its results do not
-    depend on the batch sizes seen before; ``batch=1`` is the faithful loop's step. The function refers
-    to the model weakly, so caching it does not keep the model alive.
+    ``ball_inf`` chooses the UAP's ball (L_inf or L_2), ``step_inf`` the FGSM step's norm (ART's
+    FGSM default: inf, a sign step), ``targeted`` the kind of UAP: all three are tensors, so one
+    trace serves every setting. ``batch=None`` traces it once for any batch size, so that its
+    results do not depend on the batch sizes seen before; ``batch=1`` is the faithful loop's step.
+    The function refers to the model weakly, so caching it does not keep the model alive.
     """
     owner = weakref.ref(model)
     shape = tuple(model.input_shape[1:])
@@ -226,7 +228,8 @@ _COMPILED = weakref.WeakKeyDictionary()
 
 
 def _compiled(model, n_classes: int):
-    """The compiled batch step and faithful pass for this model, traced once and reused for every setting."""
+    """The compiled batch step and faithful pass for this model, traced once and reused for every
+    setting."""
     per_model = _COMPILED.setdefault(model, {})
     if n_classes not in per_model:
         per_model[n_classes] = (
@@ -240,7 +243,8 @@ def _compiled(model, n_classes: int):
 
 
 def _ends_in_softmax(model) -> bool:
-    """True when the model's last layer applies a softmax (a Softmax layer or activation="softmax")."""
+    """True when the model's last layer applies a softmax (a Softmax layer or
+    activation="softmax")."""
     last = model.layers[-1] if model.layers else None
     if isinstance(last, keras.Model):
         return _ends_in_softmax(last)
@@ -261,9 +265,10 @@ def _validate(model, images, target, eps, i_max, mode, batch_size):
         activation = getattr(getattr(last, "activation", None), "__name__", type(last).__name__)
         raise ValueError(
             f"model: its last layer ({activation}, {n_classes} unit(s)) is not a softmax over the "
-            f"classes. The UAP's FGSM steps use the cross-entropy of probabilities, so the model must "
-            f"end in a softmax with one unit per class (at least 2), as ART's attacks also require; "
-            f"for a model that outputs logits, add keras.layers.Softmax() as its last layer."
+            "classes. The UAP's FGSM steps use the cross-entropy of probabilities, so the model "
+            "must end in a softmax with one unit per class (at least 2), as ART's attacks also "
+            "require; for a model that outputs logits, add keras.layers.Softmax() as its last "
+            "layer."
         )
     images = check_images(images, model)
     if len(images) == 0:
@@ -272,7 +277,8 @@ def _validate(model, images, target, eps, i_max, mode, batch_size):
         isinstance(target, (int, np.integer)) and 0 <= target < n_classes
     ):
         raise ValueError(
-            f"target={target!r}: choose a class index in [0, {n_classes}), or None for non-targeted."
+            f"target={target!r}: choose a class index in [0, {n_classes}), or None for "
+            "non-targeted."
         )
     if not eps > 0:
         raise ValueError(f"eps={eps!r}: the FGSM step strength must be positive.")
@@ -321,7 +327,8 @@ def universal_perturbation(
         zeta: size as a fraction of the mean L_p norm of ``images`` (or give ``xi`` directly).
         norm: 2 or np.inf ("2"/"inf").
         eps: FGSM step strength, in image units (pixel values in [0, 1]).
-        step_norm: the FGSM step's norm: inf (a sign step, ART's FGSM default, as in paper 000) or 2.
+        step_norm: the FGSM step's norm: inf (a sign step, ART's FGSM default, as in paper 000) or
+            2.
         i_max: at most this many passes over the images (paper 000: 15).
         target: the class to push images to; None for a non-targeted UAP.
         mode: "faithful" (image by image) or "batched" (``batch_size`` images per update).
@@ -336,7 +343,8 @@ def universal_perturbation(
     norm_value = parse_norm(norm)
     if (zeta is None) == (xi is None):
         raise ValueError(
-            "give exactly one of zeta (a fraction of the mean image norm) and xi (an absolute radius)."
+            "give exactly one of zeta (a fraction of the mean image norm) and xi (an absolute "
+            "radius)."
         )
     xi = xi_from_zeta(images, zeta, norm) if zeta is not None else float(xi)
     if not xi > 0:
@@ -350,7 +358,8 @@ def universal_perturbation(
     )
     if init is not None and np.shape(init) != images.shape[1:]:
         raise ValueError(
-            f"init has shape {np.shape(init)}; a perturbation of one image {images.shape[1:]} is needed."
+            f"init has shape {np.shape(init)}; a perturbation of one image {images.shape[1:]} is "
+            "needed."
         )
     rho = tf.Variable(
         np.zeros(images.shape[1:], np.float32)
@@ -400,9 +409,8 @@ def universal_perturbation(
                     *flags,
                 )
                 rho.assign(new)
-        costs.count(
-            model, "forward", 3 * len(images)
-        )  # per image: two predictions and the FGSM step's
+        # per image: two predictions and the FGSM step's
+        costs.count(model, "forward", 3 * len(images))
         costs.count(model, "backward", len(images))
         perturbation = rho.numpy()
         result.rates.append(_rate(model, images, perturbation, clean, target))
@@ -495,7 +503,8 @@ def uap_key(
 
 
 def save_uap(result: UAPResult, path) -> bool:
-    """Write a UAP (npz: perturbation + settings + per-pass rates); an existing file is kept (False)."""
+    """Write a UAP (npz: perturbation + settings + per-pass rates); an existing file is kept
+    (False)."""
     from .config import save_npz_once
 
     return save_npz_once(
