@@ -54,7 +54,8 @@ def _find_real_medmnist_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def real_medmnist_dir() -> Path | None:
-    """The folder with the real pneumoniamnist.npz ($MEDMNIST_DIR, else ../shared/data/medmnist), or None."""
+    """The folder with the real pneumoniamnist.npz ($MEDMNIST_DIR, else ../shared/data/medmnist), or
+    None."""
     return _find_real_medmnist_dir()
 
 

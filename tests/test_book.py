@@ -38,7 +38,8 @@ def built_book(tmp_path_factory, real_medmnist_dir):
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_chapter_numbers_match_the_reference(built_book, chapter):
-    """The regression report of ``python -m helpers.regression report`` for this chapter: no FAIL."""
+    """The regression report of ``python -m helpers.regression report`` for this chapter: no
+    FAIL."""
     results = json.loads(Path(built_book["results"][chapter]).read_text())
     rows = report_rows(results, load_reference(chapter, "smoke"))
     assert not [row for row in rows if row.status == "FAIL"], "\n" + format_table(rows)
@@ -67,9 +68,8 @@ def test_executed_chapters_have_no_errors_and_show_figures(built_book, chapter):
         figures[:2]
     )
     assert "Summary" in page and "Exercises" in page
-    assert (
-        "# Parameters</span>" not in page
-    )  # papermill's injected cell is hidden: one parameters cell
+    # papermill's injected cell is hidden: one parameters cell
+    assert "# Parameters</span>" not in page
 
 
 def test_chapter_page_shows_table_figures_and_data_kind(built_book):
@@ -121,6 +121,5 @@ def test_every_chapter_checks_its_environment_before_anything_else():
                 "Recorder(",
             )
         ]
-        assert -1 not in order and order == sorted(order), (
-            name
-        )  # the preset, checked, before anything runs
+        # the preset, checked, before anything runs
+        assert -1 not in order and order == sorted(order), name

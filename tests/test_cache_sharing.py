@@ -59,8 +59,7 @@ def test_a_model_saved_meanwhile_by_another_process_is_kept(tmp_path):
     )
     assert json.loads((folder / "meta.json").read_text())["who"] == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no staging folder, no copy
-    training.save_trained(
-        second, folder, {"key": "key", "who": "second"}, {}
-    )  # trained again on purpose
+    # trained again on purpose
+    training.save_trained(second, folder, {"key": "key", "who": "second"}, {})
     assert json.loads((folder / "meta.json").read_text())["who"] == "second"
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("key.old-")]) == 1

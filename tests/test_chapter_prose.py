@@ -6,9 +6,10 @@ Every percentage in a chapter's markdown must be one of
     contains one of ``paper``, ``Paper``, ``Table``, ``Fig.``, ``{cite``, ``their ``, ``authors``,
     ``Hirano``, ``Minagi`` or ``Tsai``;
 (b) **a setting**, not a result: ``ζ``, ``\\zeta``, ``zeta``, ``early`` (the early stop) or ``≥``
-    (a threshold an exercise sets) stands at most a few characters before it, or ``shifts`` or ``of the epochs`` at most a few characters
-    after it (``5 % shifts``, ``80 % / 90 % of the epochs``), or it is part of
-    ``1 % of its candidates`` (the early-stop rule);
+    (a threshold an exercise sets) stands at most a few characters before it, or ``shifts`` or
+    ``of the epochs`` at most a few characters after it (``5 % shifts``,
+    ``80 % / 90 % of the epochs``), or it is part of ``1 % of its candidates`` (the early-stop
+    rule);
 (c) **computed by this run**: written as a MyST role ``{glue:text}`key:format``` whose value a
     code cell of the same chapter glues with ``glue("key", ...)``. Percentages inside such roles
     are not checked by the first rule; the second test checks that every role has its ``glue``.

@@ -82,7 +82,8 @@ def test_cpu_targeted_uap_lifts_success_above_baseline(cpu_pneumonia, target):
 
 
 def _natural_photo_folder():
-    """$NATURAL_IMAGES_DIR or ../shared's ImageNet samples when present; else None (scikit-image photos)."""
+    """$NATURAL_IMAGES_DIR or ../shared's ImageNet samples when present; else None (scikit-image
+    photos)."""
     shared = (
         Path(__file__).resolve().parents[2]
         / "shared"
@@ -102,9 +103,8 @@ def test_cpu_natural_image_uap_fools_far_more_than_random(cpu_pneumonia):
         28, 1, count=preset.natural_images, folder=_natural_photo_folder()
     )
     test = splits["test"].images
-    xi = uap.xi_from_zeta(
-        splits["train"].images, 0.04, 2
-    )  # the size of a training-image UAP at 4 %
+    # the size of a training-image UAP at 4 %
+    xi = uap.xi_from_zeta(splits["train"].images, 0.04, 2)
     result, log = natural.uap_in_chunks(
         model, photos, xi=xi, eval_images=test, chunk=preset.natural_chunk, eps=preset.uap_eps
     )
@@ -131,8 +131,8 @@ def test_cpu_pixel_attack_finds_adversarial_pixels_random_pixels_rarely(cpu_pneu
     control = pixel.random_pixels(model, images, pixels=3, tries=preset.pixel_population, seed=0)
     assert one.success.sum() >= 1
     assert three.success.sum() >= max(3, one.success.sum())
-    # Each image's random stream makes the control exactly DE's starting population: whatever it fools,
-    # DE fools at generation 0. The evolution must fool more than its random start.
+    # Each image's random stream makes the control exactly DE's starting population: whatever it
+    # fools, DE fools at generation 0. The evolution must fool more than its random start.
     assert np.all(three.success[control.success])
     assert three.success.sum() > control.success.sum()
 

@@ -32,7 +32,8 @@ SPLIT_SIZES = {"train": 30, "val": 12, "test": 18}
 
 
 def write_fake_npz(folder, name="pneumonia", sizes=SPLIT_SIZES, seed=0, skip_split=None):
-    """A small MedMNIST-like npz (uint8 images, labels as MedMNIST stores them); returns its path."""
+    """A small MedMNIST-like npz (uint8 images, labels as MedMNIST stores them); returns its
+    path."""
     info = get_info(name)
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -152,7 +153,7 @@ def test_filenames_and_urls():
         assert all(len(md5) == 32 for md5 in info.md5.values())
 
 
-# --------------------------------------------------------------------------- load: arguments, offline
+# ------------------------------------------------------------------------- load: arguments, offline
 
 
 @pytest.mark.parametrize(
@@ -323,9 +324,8 @@ def no_download(monkeypatch):
 def test_readers_copy_in_the_cache_is_kept_used_and_warned_about(
     isolated_course_cache, no_download
 ):
-    cached = write_fake_npz(
-        isolated_course_cache / "medmnist"
-    )  # a re-packaged copy: not the official MD5
+    # a re-packaged copy: not the official MD5
+    cached = write_fake_npz(isolated_course_cache / "medmnist")
     before = cached.read_bytes()
     with pytest.warns(UserWarning, match=r"MD5 differs.*using it anyway") as caught:
         train = load("pneumonia", "train", source="real")
@@ -537,9 +537,8 @@ def test_load_for_scale_oversamples_derma_within_max_train():
     assert len(splits["train"]) <= smoke.max_train
     assert counts.max() - counts.min() <= 2 and counts.min() > 0  # balanced
     test_counts = splits["test"].class_counts()
-    assert (
-        test_counts[5] > 5 * test_counts[3] and len(splits["test"]) <= smoke.max_test
-    )  # test stays imbalanced
+    # test stays imbalanced
+    assert test_counts[5] > 5 * test_counts[3] and len(splits["test"]) <= smoke.max_test
 
 
 def test_load_for_scale_accepts_a_scale_name():
@@ -619,9 +618,8 @@ def test_synthetic_seed_changes_images_not_class_patterns():
     oct_contrast = (
         other.images[other.labels == 1].mean(0) - other.images[other.labels == 0].mean(0)
     ).ravel()
-    assert (
-        abs(np.corrcoef(contrasts[0], oct_contrast)[0, 1]) < 0.5
-    )  # but not the same for every dataset
+    # but not the same for every dataset
+    assert abs(np.corrcoef(contrasts[0], oct_contrast)[0, 1]) < 0.5
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Same seed, same machine: a chapter's results file is identical, bit for bit (its peak memory aside)."""
+"""Same seed, same machine: a chapter's results file is identical, bit for bit (its peak memory
+aside)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The first code cell of every chapter: versions printed, unusable environments refused in one sentence."""
+"""The first code cell of every chapter: versions printed, unusable environments refused in one
+sentence."""
 
 from __future__ import annotations
 

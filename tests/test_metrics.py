@@ -132,7 +132,8 @@ def test_multilabel_scores_by_hand():
     y_true = [[1, 0, 0], [0, 1, 0], [1, 1, 0]]
     probs = [[0.9, 0.2, 0.1], [0.4, 0.6, 0.3], [0.3, 0.7, 0.2]]
     # predicted (> 0.5): [1,0,0], [0,1,0], [0,1,0] -> rows right: 2 of 3; entries right: 8 of 9
-    # AUC finding 0: pos .9,.3 vs neg .4 -> (1 + 0) / 2 = 0.5; finding 1: 1.0; finding 2: no positives
+    # AUC finding 0: pos .9,.3 vs neg .4 -> (1 + 0) / 2 = 0.5;
+    # finding 1: 1.0; finding 2: no positives
     scores = metrics.multilabel_scores(y_true, probs)
     assert scores["subset_accuracy"] == pytest.approx(2 / 3)
     assert scores["label_accuracy"] == pytest.approx(8 / 9)

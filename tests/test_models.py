@@ -50,9 +50,8 @@ def no_weight_downloads(monkeypatch, tmp_path):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(file_utils, "urlretrieve", urlretrieve)
-    monkeypatch.setattr(
-        keras_config, "_KERAS_DIR", str(tmp_path / "keras-home")
-    )  # empty weights cache
+    # empty weights cache
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras-home"))
     return attempts
 
 
@@ -139,11 +138,8 @@ def test_backbone_converts_grey_and_resizes_inside(tiny_mobilenet):
     assert names[:4] == ["image", "grey_to_rgb", "resize", "preprocess"] and names[-1] == "head"
     assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 3)
     assert model.get_layer("grey_to_rgb").output.shape[1:] == (28, 28, 3)
-    assert model.get_layer("resize").output.shape[1:] == (
-        32,
-        32,
-        3,
-    )  # raised to MobileNetV2's minimum
+    # raised to MobileNetV2's minimum
+    assert model.get_layer("resize").output.shape[1:] == (32, 32, 3)
     assert model.get_layer("preprocess").mode == "tf"
     out = predict_proba(model, images(2))
     assert out.shape == (2, 3)

@@ -23,12 +23,8 @@ def photo_folder(tmp_path):
 def test_load_folder_resizes_converts_and_skips_unreadable_files(photo_folder):
     rgb = natural.load_folder(photo_folder, 28, 3)
     grey = natural.load_folder(photo_folder, 28, 1)
-    assert rgb.shape == (3, 28, 28, 3) and grey.shape == (
-        3,
-        28,
-        28,
-        1,
-    )  # broken.jpg and notes.txt skipped
+    # broken.jpg and notes.txt skipped
+    assert rgb.shape == (3, 28, 28, 3) and grey.shape == (3, 28, 28, 1)
     assert rgb.dtype == np.float32 and 0.0 <= rgb.min() and rgb.max() <= 1.0
     white = [i for i, image in enumerate(grey) if image.min() == 1.0]
     assert len(white) == 1  # the all-white RGBA photo
@@ -64,7 +60,8 @@ def test_sample_photos_are_seeded_crops_of_open_photographs():
 
 
 def test_skimage_photos_are_distinct_and_not_medical():
-    """Paper 001's attacker has no medical data: no histology, retina or microscopy samples; no photo twice."""
+    """Paper 001's attacker has no medical data: no histology, retina or microscopy samples; no
+    photo twice."""
     medical = {
         "immunohistochemistry",
         "skin",
@@ -100,16 +97,16 @@ def test_label_composition_gives_shares_per_class():
 
 
 def test_iter_folder_yields_chunks(photo_folder):
-    chunks = list(
-        natural.iter_folder(photo_folder, 16, 1, chunk=2)
-    )  # 4 image files, one unreadable
+    # 4 image files, one unreadable
+    chunks = list(natural.iter_folder(photo_folder, 16, 1, chunk=2))
     assert len(chunks) == 2 and sum(len(c) for c in chunks) == 3
     assert all(c.shape[1:] == (16, 16, 1) for c in chunks)
 
 
 def test_uap_in_chunks_warm_starts_each_chunk_from_the_last():
-    """Chunk 1 = brightness 0.45: one step of 0.1 flips it (rho = 0.1). Chunk 2 = 0.38: alone, a step
-    reaches only 0.48 and nothing flips; from rho = 0.1 it reaches 0.58 and flips (rho = 0.2 -> xi = 0.15)."""
+    """Chunk 1 = brightness 0.45: one step of 0.1 flips it (rho = 0.1). Chunk 2 = 0.38: alone, a
+    step reaches only 0.48 and nothing flips; from rho = 0.1 it reaches 0.58 and flips (rho = 0.2 ->
+    xi = 0.15)."""
     model, evaluation = brightness_model(), flat(0.45, 0.38, 0.70, 0.10)
     settings = dict(xi=0.15, norm=np.inf, eps=0.1, eval_images=evaluation, progress=False)
     result, log = natural.uap_in_chunks(model, [flat(0.45), flat(0.38)], **settings)

@@ -114,7 +114,8 @@ def test_failure_report_shows_the_failing_cell(tmp_path):
 def test_executed_chapter_gets_scale_and_records_next_to_it(tmp_path):
     source = write_notebook(
         tmp_path / "01_tiny.ipynb",
-        "from helpers.records import Recorder\nrec = Recorder('01_tiny', SCALE)\nrec.log('tiny/answer', 42)",
+        "from helpers.records import Recorder\nrec = Recorder('01_tiny', SCALE)\n"
+        "rec.log('tiny/answer', 42)",
     )
     output = tmp_path / "book" / "chapters" / "01_tiny.ipynb"
     ran = execute_chapter(source, output, "smoke", log_output=False)
@@ -143,9 +144,8 @@ def test_injected_parameters_are_used_and_their_cell_is_hidden_from_the_book(tmp
     injected = [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "remove-cell" in injected[0].metadata["tags"]
     own = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
-    assert (
-        len(own) == 1 and "remove-cell" not in own[0].metadata["tags"]
-    )  # the reader sees this one
+    # the reader sees this one
+    assert len(own) == 1 and "remove-cell" not in own[0].metadata["tags"]
 
 
 def test_figures_reach_the_book_with_their_alt_text(tmp_path):
@@ -153,7 +153,8 @@ def test_figures_reach_the_book_with_their_alt_text(tmp_path):
         tmp_path / "01_figure.ipynb",
         "import matplotlib.pyplot as plt\nimport helpers.plots\n"
         "fig, ax = plt.subplots()\nax.plot([0, 1], [1, 0])\n"
-        "ax.set(title='Falling line', xlabel='time (s)', ylabel='height (m)')\nfig.suptitle('A test figure')\nplt.show()",
+        "ax.set(title='Falling line', xlabel='time (s)', ylabel='height (m)')\n"
+        "fig.suptitle('A test figure')\nplt.show()",
     )
     output = tmp_path / "book" / "chapters" / "01_figure.ipynb"
     execute_chapter(source, output, "smoke", log_output=False)
@@ -177,9 +178,8 @@ def test_a_run_at_another_scale_keeps_the_earlier_one(tmp_path):
     }
     assert pipeline.executed_scale(kept / "01_tiny.ipynb") == "cpu"
     assert pipeline.executed_scale(output) == "smoke"
-    execute_chapter(
-        source, output, "smoke", log_output=False
-    )  # the same scale replaces its own run
+    # the same scale replaces its own run
+    execute_chapter(source, output, "smoke", log_output=False)
     assert sorted(p.name for p in output.parent.iterdir()) == [
         "01_tiny.ipynb",
         "01_tiny.results.json",
@@ -191,8 +191,10 @@ def test_runtime_logs_and_progress_widgets_are_left_out_of_the_executed_chapter(
     source = write_notebook(
         tmp_path / "01_noisy.ipynb",
         "import sys\n"
-        "sys.stderr.write('I0000 00:00:1795355361.937424   14762 port.cc:153] oneDNN custom operations are on.\\n')\n"
-        "sys.stderr.write('WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "sys.stderr.write('I0000 00:00:1795355361.937424   14762 port.cc:153] oneDNN custom "
+        "operations are on.\\n')\n"
+        "sys.stderr.write('WARNING: All log messages before absl::InitializeLog() is called are "
+        "written to STDERR\\n')\n"
         "sys.stderr.write('the chapter warns about something\\n')\n"
         "print('a result')",
         "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass",
@@ -230,7 +232,8 @@ def test_strip_notebooks(tmp_path):
 def test_a_rehearsal_keeps_the_real_run_of_its_scale(tmp_path):
     source = write_notebook(
         tmp_path / "01_tiny.ipynb",
-        "from helpers.records import Recorder\nRecorder('01_tiny', SCALE).log('tiny/rehearsal', REHEARSAL)",
+        "from helpers.records import Recorder\n"
+        "Recorder('01_tiny', SCALE).log('tiny/rehearsal', REHEARSAL)",
         parameters='SCALE = "cpu"\nREHEARSAL = False',
     )
     output = tmp_path / "book" / "chapters" / "01_tiny.ipynb"

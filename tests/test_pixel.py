@@ -36,7 +36,8 @@ def dense_model(weights, bias, activation: str, channels: int = 1) -> keras.Mode
 
 
 def one_pixel_model() -> keras.Model:
-    """3 classes: class 1 when pixel (row 3, col 5) > 0.5, class 2 when pixel (row 6, col 2) > 0.5, else 0."""
+    """3 classes: class 1 when pixel (row 3, col 5) > 0.5, class 2 when pixel (row 6, col 2) > 0.5,
+    else 0."""
     weights = np.zeros((SIDE * SIDE, 3))
     weights[3 * SIDE + 5, 1] = weights[6 * SIDE + 2, 2] = 20.0
     return dense_model(weights, [0.0, -10.0, -10.0], "softmax")
@@ -72,9 +73,10 @@ def test_apply_pixels_sets_exactly_the_chosen_values_at_the_floored_coordinates(
     pixels = np.array(
         [
             [[1.7, 2.2, 0.9], [4.99, 0.0, 0.0]],  # (x, y, I): col 1 row 2; col 4 row 0
+            # col 0 row 3; col 2 row 1
             [[0.0, 3.999, 1.0], [2.5, 1.5, 0.25]],
         ]
-    )  # col 0 row 3; col 2 row 1
+    )
     expected = images.copy()
     expected[0, 2, 1, 0], expected[0, 0, 4, 0] = 0.9, 0.0
     expected[1, 3, 0, 0], expected[1, 1, 2, 0] = 1.0, 0.25
@@ -85,9 +87,8 @@ def test_apply_pixels_sets_exactly_the_chosen_values_at_the_floored_coordinates(
 
 def test_apply_pixels_colour_and_population_axis():
     images = np.zeros((1, 3, 3, 3), np.float32)
-    population = np.array(
-        [[[[2.5, 0.2, 0.1, 0.2, 0.3]], [[0.0, 2.9, 1.0, 1.0, 1.0]]]]
-    )  # (1, 2, k=1, 5)
+    # (1, 2, k=1, 5)
+    population = np.array([[[[2.5, 0.2, 0.1, 0.2, 0.3]], [[0.0, 2.9, 1.0, 1.0, 1.0]]]])
     out = pixel.apply_pixels(images, population)
     assert out.shape == (1, 2, 3, 3, 3)
     np.testing.assert_allclose(out[0, 0, 0, 2], [0.1, 0.2, 0.3])
@@ -134,8 +135,8 @@ def test_mutation_without_crossover_equals_the_formula():
     children = pixel.mutate(np.random.default_rng(0), population, 0.5, donors, lower, upper)
     # child 0: p1 + 0.5 (p2 - p3) = (2, 3, 0.4) + 0.5 (-3, 1, 0.7) = (0.5, 3.5, 0.75)
     np.testing.assert_allclose(children[0, 0, 0], [0.5, 3.5, 0.75])
-    # child 1: p0 + 0.5 (p3 - p2) = (1, 1, 0.2) + 0.5 (3, -1, -0.7) = (2.5, 0.5, -0.15): the intensity is
-    # out of bounds and redrawn in [0, 1] (not clipped to 0), the position is kept
+    # child 1: p0 + 0.5 (p3 - p2) = (1, 1, 0.2) + 0.5 (3, -1, -0.7) = (2.5, 0.5, -0.15): the
+    # intensity is out of bounds and redrawn in [0, 1] (not clipped to 0), the position is kept
     np.testing.assert_allclose(children[0, 1, 0, :2], [2.5, 0.5])
     assert 0.0 < children[0, 1, 0, 2] <= 1.0
     # child 2: p1 + 0.5 (p0 - p2) = (2, 3, 0.4) + 0.5 (1, 0, -0.6) = (2.5, 3, 0.1)
@@ -211,7 +212,8 @@ def test_multilabel_cosine_fitness_by_hand():
     )
     # no finding and outputs all 0.5: both norms 0 -> the denominator is delta, the similarity 0
     assert pixel.cosine_similarity([0, 0, 0], [0.5, 0.5, 0.5]) == 0.0
-    # no finding and outputs all 0: (-1, -1, -1) . (-1, -1, -1) / 3 = 1 (not 0, thanks to the [-1, 1] mapping)
+    # no finding and outputs all 0: (-1, -1, -1) . (-1, -1, -1) / 3 = 1
+    # (not 0, thanks to the [-1, 1] mapping)
     assert pixel.cosine_similarity([0, 0, 0], [0.0, 0.0, 0.0]) == pytest.approx(1.0)
 
 
@@ -263,7 +265,8 @@ PAPER_TABLE_8 = [21.25, 37.52, 3.53, 5.17, 0.00, 27.57, 4.96]
 
 
 def table_7_images():
-    """(original, final) class indices in ``get_info("derma")`` order, one pair per successful image."""
+    """(original, final) class indices in ``get_info("derma")`` order, one pair per successful
+    image."""
     names = get_info("derma").short_names
     index = [names.index(n) for n in DERMA_ORDER]
     rows, cols = np.nonzero(PAPER_TABLE_7)
@@ -319,10 +322,8 @@ def test_conversion_table_multilabel_normal_is_the_empty_set():
     final = np.array([[1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
     success = np.array([True, True, True, True, False])
     table = pixel.conversion_table(original, final, success)
-    assert table["Count"].tolist() == [
-        1,
-        2,
-    ]  # disease -> normal: image 1; normal -> disease: 0 and 3
+    # disease -> normal: image 1; normal -> disease: 0 and 3
+    assert table["Count"].tolist() == [1, 2]
     np.testing.assert_allclose(table["Percentage"], [100 / 3, 200 / 3])
 
 
@@ -357,9 +358,8 @@ def test_label_set_tables_by_hand():
         "ATEL, EFFU",
         "Normal",
     ]
-    table = pixel.label_set_table(
-        original, final, success, names
-    )  # rows resulting, columns original
+    # rows resulting, columns original
+    table = pixel.label_set_table(original, final, success, names)
     assert list(table.columns) == ["ATEL", "EFFU", "Normal"]
     assert table.loc["ATEL", "Normal"] == 1 and table.loc["ATEL, NODU", "Normal"] == 1
     assert table.loc["Normal", "ATEL"] == 1 and table.loc["ATEL, EFFU", "EFFU"] == 1
@@ -403,12 +403,8 @@ def test_report_multilabel_tables_by_hand():
     tables = pixel.report(result, get_info("chest"), names=["A", "B", "C"])
     assert tables["success rate"].loc[["A", "Normal"], "successes"].tolist() == [1, 2]
     assert tables["findings"].tolist() == [1, 1, 1]  # A, B, C over images 0, 2, 3
-    assert tables["findings per image"].tolist() == [
-        1,
-        1,
-        1,
-        0,
-    ]  # Normal, one finding, two findings
+    # Normal, one finding, two findings
+    assert tables["findings per image"].tolist() == [1, 1, 1, 0]
     assert tables["conversion"]["Count"].tolist() == [1, 2]
     assert tables["AvgCL"] == pytest.approx(0.7)  # mean over the successful images
     assert (
@@ -418,12 +414,12 @@ def test_report_multilabel_tables_by_hand():
         pixel.report(result, get_info("pneumonia"))
 
 
-# --------------------------------------------------------------------------- tiny deterministic models
+# ------------------------------------------------------------------------ tiny deterministic models
 
 
 def step_model(position, outputs_dark, outputs_bright, threshold: float = 0.5) -> keras.Model:
-    """Softmax over fixed logits: ``outputs_bright`` when the pixel at (row, col) ``position`` exceeds
-    ``threshold``, else ``outputs_dark`` - whatever the rest of the image."""
+    """Softmax over fixed logits: ``outputs_bright`` when the pixel at (row, col) ``position``
+    exceeds ``threshold``, else ``outputs_dark`` - whatever the rest of the image."""
     row, col = position
     inputs = keras.Input((SIDE, SIDE, 1))
     bright = keras.layers.Lambda(
@@ -441,8 +437,8 @@ def step_model(position, outputs_dark, outputs_bright, threshold: float = 0.5) -
 
 
 def test_a_successful_child_that_loses_its_selection_is_returned_as_a_success():
-    # three classes; a bright pixel (3, 5) makes class 1 win, but with p0 = 0.49, *less* fit than every
-    # other candidate (p0 = 0.36): the successful child always loses its pairwise selection
+    # three classes; a bright pixel (3, 5) makes class 1 win, but with p0 = 0.49, *less* fit than
+    # every other candidate (p0 = 0.36): the successful child always loses its pairwise selection
     model = step_model((3, 5), [0.0, -0.1, -0.1], [0.0, 0.05, -10.0])
     images = dark_images(12, seed=7)
     result = pixel.pixel_attack(
@@ -456,9 +452,8 @@ def test_a_successful_child_that_loses_its_selection_is_returned_as_a_success():
         progress=False,
     )
     assert np.all(result.original == 0)
-    rescued = (
-        result.generations > 0
-    )  # no success in the initial population: only a child can succeed
+    # no success in the initial population: only a child can succeed
+    rescued = result.generations > 0
     assert rescued.sum() >= 3
     assert np.all(result.success)
     assert np.all(result.final[rescued] == 1)
@@ -466,9 +461,8 @@ def test_a_successful_child_that_loses_its_selection_is_returned_as_a_success():
         result.pixels[rescued, 0, :2], np.tile([5, 3], (rescued.sum(), 1))
     )
     assert np.all(result.pixels[rescued, 0, 2] > 0.5)
-    assert np.all(
-        result.final_proba[rescued, 0] > result.original_proba[rescued, 0]
-    )  # less fit, yet kept
+    # less fit, yet kept
+    assert np.all(result.final_proba[rescued, 0] > result.original_proba[rescued, 0])
 
 
 def test_an_image_stops_at_the_first_generation_with_a_successful_candidate():
@@ -499,11 +493,11 @@ def one_image_at_a_time(model):
 
 
 def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel, monkeypatch):
-    """What batch_size changes is only how the candidates are grouped into model calls. With a forward
-    pass whose outputs cannot depend on that grouping (image by image here), every result is identical.
-    TensorFlow's batched kernels may round an output differently for another batch shape (vectorised
-    main loop or scalar tail), which can tip a search between two nearly equal candidates: that is
-    not promised away."""
+    """What batch_size changes is only how the candidates are grouped into model calls. With a
+    forward pass whose outputs cannot depend on that grouping (image by image here), every result is
+    identical. TensorFlow's batched kernels may round an output differently for another batch shape
+    (vectorised main loop or scalar tail), which can tip a search between two nearly equal
+    candidates: that is not promised away."""
     monkeypatch.setattr(pixel, "_forward", one_image_at_a_time)
     images = dark_images(5, seed=9)
     for model, target in ((toy, None), (toy, 2), (toy_multilabel, None)):
@@ -522,8 +516,8 @@ def test_the_result_does_not_depend_on_batch_size(toy, toy_multilabel, monkeypat
 def test_an_image_gets_the_same_search_whatever_else_is_attacked_with_it(
     toy, toy_multilabel, monkeypatch
 ):
-    """Its own random stream: alone, with others, at another position - the same search (outputs image by
-    image, so that only the random draws could differ; see the batch-size test)."""
+    """Its own random stream: alone, with others, at another position - the same search (outputs
+    image by image, so that only the random draws could differ; see the batch-size test)."""
     monkeypatch.setattr(pixel, "_forward", one_image_at_a_time)
     images = dark_images(6, seed=3)
     for model, target in ((toy, None), (toy, 2), (toy_multilabel, None)):
@@ -564,9 +558,8 @@ def test_default_batch_size_follows_the_image_size(monkeypatch):
     )
     sizes, forward = [], pixel._forward(model)
     monkeypatch.setattr(pixel, "_forward", lambda m: lambda x: sizes.append(len(x)) or forward(x))
-    pixel.random_pixels(
-        model, np.zeros((400, 64, 64, 3), np.float32), tries=4
-    )  # 1600 candidate images
+    # 1600 candidate images
+    pixel.random_pixels(model, np.zeros((400, 64, 64, 3), np.float32), tries=4)
     assert max(sizes) == 1365 and sum(sizes) == 400 + 1600 + 400  # clean, candidates, final
 
 
@@ -624,8 +617,9 @@ def test_early_stop_generations_queries_and_seed(toy):
     assert first.success.any() and first.generations.min() < 15  # fooled images stopped early
     full = pixel.pixel_attack(toy, images, early_stop=None, **kwargs)
     assert np.all(full.generations == 15) and np.all(full.queries == 20 * 16)
-    # Running on does not guarantee more successes: with three classes, pairwise selection may trade a
-    # successful candidate for a fitter one (lower original-class confidence) that is not successful.
+    # Running on does not guarantee more successes: with three classes, pairwise selection
+    # may trade a successful candidate for a fitter one (lower original-class confidence) that
+    # is not successful.
     assert full.success.any()
 
 
@@ -754,11 +748,12 @@ def test_smoke_model_bad_inputs_raise(smoke_pneumonia_model):
         pixel.pixel_attack(model, images, population=2, progress=False)
 
 
-# --------------------------------------------------------------------------- choosing images, cache, figures
+# ------------------------------------------------------------------ choosing images, cache, figures
 
 
 def fake_dataset(key: str, images, labels):
-    """A MedDataset of ``images`` with ``key``'s dataset description (the toy models' images are not its own)."""
+    """A MedDataset of ``images`` with ``key``'s dataset description (the toy models' images are not
+    its own)."""
     from helpers.data import MedDataset
 
     return MedDataset(get_info(key), "test", np.asarray(images, np.float32), np.asarray(labels))
@@ -767,12 +762,10 @@ def fake_dataset(key: str, images, labels):
 def test_images_per_class_takes_only_correctly_classified_images(toy):
     images = dark_images(9, seed=3)
     images[[1, 4], 3, 5, 0] = 1.0  # the toy predicts class 1 for these two
-    labels = np.array(
-        [0, 1, 0, 1, 0, 0, 1, 0, 0]
-    )  # image 1 right, image 3 and 6 wrong, image 4 wrong
-    dataset = fake_dataset(
-        "oct", images, labels
-    )  # OCT: 4 classes; the toy has 3 outputs, class 3 absent
+    # image 1 right, image 3 and 6 wrong, image 4 wrong
+    labels = np.array([0, 1, 0, 1, 0, 0, 1, 0, 0])
+    # OCT: 4 classes; the toy has 3 outputs, class 3 absent
+    dataset = fake_dataset("oct", images, labels)
     chosen = pixel.images_per_class(toy, dataset, per_class=3, classes=[0, 1], seed=0)
     assert set(chosen) == {0, 1}
     assert set(chosen[1]) == {1}

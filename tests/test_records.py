@@ -32,9 +32,8 @@ def test_file_written_where_the_env_var_points(records_env):
 
 
 def test_the_file_holds_the_image_passes_counted_since_the_recorder_was_made(records_env):
-    costs.count(
-        type("M", (), {"name": "vgg16_imagenet"})(), "forward", 99
-    )  # before: not this chapter's
+    # before: not this chapter's
+    costs.count(type("M", (), {"name": "vgg16_imagenet"})(), "forward", 99)
     rec = Recorder("02_uap_nontargeted", "smoke")
     model = type("M", (), {"name": "resnet50_imagenet"})()
     costs.count(model, "forward", 30)

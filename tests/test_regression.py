@@ -196,7 +196,7 @@ def test_rederiving_rewrites_the_reference_files(tmp_path):
     )
 
 
-# --------------------------------------------------------------------------- the committed references
+# ------------------------------------------------------------------------- the committed references
 
 
 def test_every_reference_of_the_smoke_scale_is_traceable_to_the_committed_spread():

@@ -1,4 +1,5 @@
-"""Rehearsals: every chapter executed with the gpu (and paper) scale's shapes and code paths on a CPU.
+"""Rehearsals: every chapter executed with the gpu (and paper) scale's shapes and code paths on a
+CPU.
 
 A rehearsal (``REHEARSAL = True``, see :mod:`helpers.scales`) keeps the scale's architectures,
 image size, backbone input, UAP mode, pixel victim and every branch its chapters take, with tiny
@@ -36,7 +37,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", params=SCALES)
 def rehearsal(request, tmp_path_factory):
-    """Every chapter of the scale's rehearsal, the first alone, then two at a time, in a fresh cache."""
+    """Every chapter of the scale's rehearsal, the first alone, then two at a time, in a fresh
+    cache."""
     work = tmp_path_factory.mktemp(f"rehearsal-{request.param}")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(config.ENV_CACHE_DIR, str(work / "cache"))
@@ -98,6 +100,5 @@ def test_chapter_4_compares_pretrained_and_from_scratch_backbones_as_table_2(reh
 
 def test_the_counted_passes_agree_with_the_arithmetic_of_the_preset(rehearsal):
     folder = Path(next(iter(rehearsal["results"].values()))).parent
-    assert (
-        timing.check_against_counts(folder, rehearsal["preset"], parallel=True) == []
-    )  # chapters 2-7 side by side
+    # chapters 2-7 side by side
+    assert timing.check_against_counts(folder, rehearsal["preset"], parallel=True) == []

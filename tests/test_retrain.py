@@ -1,4 +1,5 @@
-"""Adversarial retraining: the half-perturbed training set, bad inputs, the round cache and resuming.
+"""Adversarial retraining: the half-perturbed training set, bad inputs, the round cache and
+resuming.
 
 The runs use the smoke pneumonia model on a few images (160 training, 40 attack, 80 test images),
 two UAPs per round, one pass per UAP and one fine-tuning epoch: the procedure, not its effect, is
@@ -56,9 +57,8 @@ def test_half_clean_and_half_with_one_uap_each(n):
     assert np.sum(chosen >= 0) == n // 2 and np.sum(chosen == -1) == n - n // 2
     for i in range(n):
         added = out[i] - images[i]
-        np.testing.assert_allclose(
-            added, added.flat[0], atol=1e-6
-        )  # one constant UAP, not a mixture
+        # one constant UAP, not a mixture
+        np.testing.assert_allclose(added, added.flat[0], atol=1e-6)
         by_hand = int(round(added.flat[0] / 0.1)) - 1  # 0.0 -> -1 (clean), 0.1 -> 0, ...
         assert by_hand == chosen[i]
     if n == 60:
@@ -178,7 +178,8 @@ def test_missing_test_split_is_refused(smoke_pneumonia_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def small(smoke_pneumonia_model):
-    """(splits, trained): the smoke model with 160 of its training images and no validation split."""
+    """(splits, trained): the smoke model with 160 of its training images and no validation
+    split."""
     splits, trained = smoke_pneumonia_model
     train = splits["train"].subset(np.random.default_rng(0).permutation(len(splits["train"]))[:160])
     return {"train": train, "test": splits["test"]}, trained
@@ -195,7 +196,8 @@ def weights_before(smoke_pneumonia_model) -> str:
 
 
 class Counted:
-    """Counts the UAPs made and the fine-tunings run by ``adversarial_retraining`` inside a ``with``.
+    """Counts the UAPs made and the fine-tunings run by ``adversarial_retraining`` inside a
+    ``with``.
 
     Also keeps the model each UAP was made against (``uap_models``) and the model and training
     set of each fine-tuning (``fit_models``, ``fit_sets``).
@@ -251,7 +253,8 @@ def straight(small, weights_before, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resumed(small, tmp_path_factory):
-    """One round, then two (resuming), then two again (everything reloaded), in another fresh cache."""
+    """One round, then two (resuming), then two again (everything reloaded), in another fresh
+    cache."""
     splits, trained = small
     cache = tmp_path_factory.mktemp("resumed")
     runs, counts, prints = [], [], []
@@ -300,9 +303,8 @@ def test_each_round_attacks_the_current_model_and_fine_tunes_on_the_half_perturb
     assert count.uap_models[-1] is second and first is not trained.model
     for mixed in count.fit_sets:
         changed = np.any(mixed.images != splits["train"].images, axis=(1, 2, 3))
-        assert (
-            0 < changed.sum() <= len(changed) // 2
-        )  # half the images carry a UAP, the rest are clean
+        # half the images carry a UAP, the rest are clean
+        assert 0 < changed.sum() <= len(changed) // 2
         np.testing.assert_array_equal(mixed.labels, splits["train"].labels)
 
 
@@ -357,9 +359,8 @@ def test_a_killed_run_resumes_after_its_last_finished_round(small, straight, tmp
     with pytest.raises(KeyboardInterrupt):
         retrain.adversarial_retraining(trained, splits, rounds=2, cache=tmp_path, **SETTINGS)
     monkeypatch.undo()
-    assert (
-        not (folder / "round2").exists() and len(list(folder.glob(".round2-*"))) == 1
-    )  # only a staging folder
+    # only a staging folder
+    assert not (folder / "round2").exists() and len(list(folder.glob(".round2-*"))) == 1
     kept = fingerprints(folder)
 
     with Counted() as count:

@@ -86,9 +86,8 @@ def test_paper_follows_paper_000():
     assert paper.image_size == 224 and paper.backbone_input == 299
     assert paper.weights == "imagenet" and not paper.offline_fallback
     assert paper.uap_i_max == 15 and paper.retrain_rounds == 5 and paper.retrain_epochs == 5
-    assert (
-        paper.max_train is None and paper.train_per_class is None
-    )  # no caps: the papers' own subsets
+    # no caps: the papers' own subsets
+    assert paper.max_train is None and paper.train_per_class is None
     # paper 000, Methods: eps = 0.0024 on images scaled (X - 128) / 128, i.e. 0.0012 on [0, 1]
     assert paper.uap_eps == pytest.approx(0.0012, abs=1e-5)
     assert paper.uap_mode == "faithful"  # the paper's algorithm, not the variant
@@ -163,9 +162,8 @@ def test_a_rehearsal_keeps_the_scales_shapes_and_paths_and_shrinks_only_the_budg
     ):
         assert getattr(rehearsal, kept) == getattr(stock, kept)
     assert rehearsal.label == f"{scale}-rehearsal" and stock.label == scale
-    assert rehearsal.model_tag().startswith(
-        f"{scale}-rehearsal-"
-    )  # never the cache entries of the real scale
+    # never the cache entries of the real scale
+    assert rehearsal.model_tag().startswith(f"{scale}-rehearsal-")
     assert "REHEARSAL" in rehearsal.describe() and "REHEARSAL" not in stock.describe()
 
 

@@ -1,5 +1,5 @@
-"""helpers.timing: the building blocks against the counts of the real helpers, the chapters' formulas,
-the check against a run's results files and the T4 cost model.
+"""helpers.timing: the building blocks against the counts of the real helpers, the chapters'
+formulas, the check against a run's results files and the T4 cost model.
 
 ``COURSE_REHEARSAL_RESULTS=<book>/chapters`` also checks a finished rehearsal's results files
 (``python -m helpers.pipeline --scale gpu --rehearsal``, all chapters in one fresh cache).
@@ -149,9 +149,8 @@ def retrain_run(trained, splits, preset, folder):
 
 def test_chapter_1_by_hand():
     sizes = timing.split_sizes(REHEARSAL)
-    per_arch = sum(
-        (s.train + s.val) + s.test + s.train for s in sizes.values()
-    )  # one epoch, then accuracy
+    # one epoch, then accuracy
+    per_arch = sum((s.train + s.val) + s.test + s.train for s in sizes.values())
     passes = timing.chapter_passes("01_transfer_learning", REHEARSAL)
     assert passes["resnet50"] == {
         "forward": per_arch,
@@ -161,10 +160,10 @@ def test_chapter_1_by_hand():
 
 
 def test_a_cached_uap_is_counted_once():
-    # Chapter 2 asks for the main model's p = 2 UAP at the paper's zeta four times (Fig. 1D-F, Table 1, the
-    # modes, transferability) and for every other model's twice (Table 1, transferability). Per dataset, with
-    # the rehearsal's zeta grid (0.01, 0.02), that is: Fig. 1 (2 norms x 2 zetas), Fig. 1D-F, Table 1 (main
-    # p = inf, two other models x 2 norms) and the other mode.
+    # Chapter 2 asks for the main model's p = 2 UAP at the paper's zeta four times (Fig. 1D-F, Table
+    # 1, the modes, transferability) and for every other model's twice (Table 1, transferability).
+    # Per dataset, with the rehearsal's zeta grid (0.01, 0.02), that is: Fig. 1 (2 norms x 2 zetas),
+    # Fig. 1D-F, Table 1 (main p = inf, two other models x 2 norms) and the other mode.
     work = timing.chapter_work("02_uap_nontargeted", REHEARSAL)
     keys = [w.key for w in work if w.key and w.key[0] == "uap"]
     assert len(keys) == len(set(keys))
@@ -188,9 +187,8 @@ def test_official_sizes_by_hand():
     sizes = timing.official_sizes(
         get_preset("gpu", train_per_class=1960, test_per_class=840, max_train=8000, max_test=3000)
     )
-    assert sizes["pneumonia"] == timing.SplitSizes(
-        1800, 524, 504, 1800, (234, 270)
-    )  # 900 per class; 234 + 270
+    # 900 per class; 234 + 270
+    assert sizes["pneumonia"] == timing.SplitSizes(1800, 524, 504, 1800, (234, 270))
     assert (sizes["oct"].train, sizes["oct"].test) == (4 * 1960, 1000)
     assert (sizes["derma"].train, sizes["chest"].train) == (8000, 8000)  # max_train
 
@@ -265,7 +263,8 @@ def test_resnet50_at_224_px_takes_2_41_ms_and_a_backward_pass_twice_that():
 
 
 def test_costs_scale_with_the_flops():
-    # ResNet-50 at 128 px: about (128 / 224)^2 of its 224 px cost (the pooling edges change it a little)
+    # ResNet-50 at 128 px: about (128 / 224)^2 of its 224 px cost
+    # (the pooling edges change it a little)
     ratio = timing.forward_ms("resnet50", 128) / timing.forward_ms("resnet50", 224)
     assert ratio == pytest.approx((128 / 224) ** 2, rel=0.05)
     assert timing.forward_ms("small_cnn", 28) < 0.01 * timing.forward_ms("resnet50", 224)
@@ -280,7 +279,8 @@ def test_readme_table_has_every_chapter():
 @pytest.mark.slow
 @pytest.mark.parametrize("scale, column, unit", [("gpu", 3, 1.0), ("paper", 4, 60.0)])
 def test_the_readmes_gpu_and_paper_times_are_the_arithmetic(scale, column, unit):
-    """The README's run-time table: T4 minutes (gpu) and hours (paper) as timing.predicted_minutes gives them."""
+    """The README's run-time table: T4 minutes (gpu) and hours (paper) as timing.predicted_minutes
+    gives them."""
     import re
     from pathlib import Path
 

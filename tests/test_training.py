@@ -51,10 +51,8 @@ def test_learning_rate_schedule_of_paper_000():
 
 def test_learning_rate_schedule_scales_with_the_base_and_the_epochs():
     assert [learning_rate_at(e, 10, base=0.1) for e in range(10)] == [0.1] * 8 + [0.01, 0.001]
-    assert [learning_rate_at(e, 6) for e in range(6)] == [1e-3] * 4 + [
-        1e-4,
-        1e-5,
-    ]  # smoke: 6 epochs
+    # smoke: 6 epochs
+    assert [learning_rate_at(e, 6) for e in range(6)] == [1e-3] * 4 + [1e-4, 1e-5]
 
 
 @pytest.mark.parametrize("epochs", range(1, 13))
@@ -70,7 +68,7 @@ def test_one_epoch_trains_at_the_base_rate():
     assert learning_rate_at(0, 1) == 1e-3 and learning_rate_at(0, 1, base=0.01) == 0.01
 
 
-# --------------------------------------------------------------------------- fit, augmentation, keys
+# -------------------------------------------------------------------------- fit, augmentation, keys
 
 
 @pytest.mark.parametrize("train", [np.zeros((4, 28, 28, 1)), None, "splits"])
@@ -149,9 +147,8 @@ def test_model_key_tells_overridden_training_settings_apart():
             == key(scale)
             == f"pneumonia-real-28px-small_cnn-scratch-{scale}-seed0"
         )
-    assert key(get_preset("cpu", uap_eps=0.02, eval_images=10)) == key(
-        "cpu"
-    )  # attack settings: same model
+    # attack settings: same model
+    assert key(get_preset("cpu", uap_eps=0.02, eval_images=10)) == key("cpu")
     assert key(get_preset("cpu", epochs=25)) == key("cpu")  # the preset's own value
     longer, shorter = key(get_preset("cpu", epochs=50)), key(get_preset("cpu", epochs=5))
     assert len({longer, shorter, key("cpu")}) == 3
@@ -172,7 +169,7 @@ def test_model_key_tells_overridden_training_settings_apart():
         assert key(get_preset("cpu", **{field: value})) not in (key("cpu"), longer), field
 
 
-# --------------------------------------------------------------------------- the cache before the build
+# ----------------------------------------------------------------------- the cache before the build
 
 
 def small_model():
@@ -187,7 +184,8 @@ def small_model():
 
 @pytest.fixture
 def offline_builds(monkeypatch):
-    """training.model_for raises WeightsUnavailableError for ImageNet weights; returns the weights asked for."""
+    """training.model_for raises WeightsUnavailableError for ImageNet weights; returns the weights
+    asked for."""
     asked = []
 
     def model_for(info, architecture, size, weights=None, *args, **kwargs):
@@ -293,9 +291,8 @@ def test_get_or_train_trains_and_saves_under_its_key(trained_tiny):
     splits, trained = trained_tiny
     assert not trained.from_cache
     assert trained.key == model_key("pneumonia", "synthetic", 28, "small_cnn", None, TINY, 0)
-    assert trained.key.startswith(
-        "pneumonia-synthetic-28px-small_cnn-scratch-smoke-"
-    )  # TINY overrides smoke
+    # TINY overrides smoke
+    assert trained.key.startswith("pneumonia-synthetic-28px-small_cnn-scratch-smoke-")
     assert trained.key != "pneumonia-synthetic-28px-small_cnn-scratch-smoke-seed0"
     assert trained.path.name == trained.key
     assert sorted(p.name for p in trained.path.iterdir()) == [
@@ -396,9 +393,8 @@ def test_offline_imagenet_falls_back_to_random_initialisation(monkeypatch, tmp_p
     assert trained.key == model_key("pneumonia", "synthetic", 28, "mobilenet_v2", None, lenient, 0)
     assert trained.meta["weights"] == "none (random initialisation)"
     assert not trained.from_cache and len(trained.history["loss"]) == 1
-    assert (
-        getattr(trained.model, "optimizer", None) is None
-    )  # the saved model, without the optimizer state
+    # the saved model, without the optimizer state
+    assert getattr(trained.model, "optimizer", None) is None
     assert trained.model.get_layer("resize").output.shape[1:3] == (32, 32)
     assert (tmp_path / "models" / trained.key / "model.keras").is_file()
     assert predict_labels(trained.model, train.images[:4]).shape == (4,)
@@ -406,9 +402,8 @@ def test_offline_imagenet_falls_back_to_random_initialisation(monkeypatch, tmp_p
         training, "fit", lambda *args, **kwargs: pytest.fail("trained again offline")
     )
     again = get_or_train(splits, "mobilenet_v2", lenient, cache=tmp_path / "models", verbose=False)
-    assert (
-        again.from_cache and again.key == trained.key
-    )  # offline again: the random-init model reloaded
+    # offline again: the random-init model reloaded
+    assert again.from_cache and again.key == trained.key
 
 
 # --------------------------------------------------------------------------- acceptance (real data)
@@ -421,9 +416,8 @@ def test_smoke_model_reaches_80_percent_on_real_pneumonia(real_medmnist_dir, req
     splits, trained = request.getfixturevalue("smoke_pneumonia_model")  # trained only when needed
     test = splits["test"]
     assert not test.synthetic and trained.key == "pneumonia-real-28px-small_cnn-scratch-smoke-seed0"
-    np.testing.assert_array_equal(
-        test.class_counts(), [150, 150]
-    )  # the smoke scale's balanced subset
+    # the smoke scale's balanced subset
+    np.testing.assert_array_equal(test.class_counts(), [150, 150])
     accuracy = float((predict_labels(trained.model, test.images) == test.labels).mean())
     assert accuracy >= 0.80, f"smoke-scale test accuracy {accuracy:.3f} < 0.80"
 

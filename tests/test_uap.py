@@ -1,4 +1,5 @@
-"""Universal adversarial perturbations: norms, projections, controls, bad inputs, and the attack itself.
+"""Universal adversarial perturbations: norms, projections, controls, bad inputs, and the attack
+itself.
 
 The attack's rules (accept/reject, batches, stop_at, warm starts) and the cache are checked by
 hand on a tiny model whose prediction depends only on the mean brightness. The behaviour tests
@@ -177,7 +178,8 @@ def test_bad_eval_images(untrained, few_images):
 
 
 def test_logit_model_is_refused(few_images):
-    """A last layer without softmax (logits) would give wrong FGSM gradients: refused, naming the fix."""
+    """A last layer without softmax (logits) would give wrong FGSM gradients: refused, naming the
+    fix."""
     model = build_model("small_cnn", (28, 28, 1), 2, weights=None)
     model.layers[-1].activation = keras.activations.linear
     with pytest.raises(ValueError, match="must end in a softmax with one unit per class"):
@@ -218,7 +220,8 @@ HAND_SETTINGS = dict(xi=0.15, norm=np.inf, eps=0.1, progress=False)
 def test_faithful_accept_reject_rule_by_hand():
     """One faithful pass: the outcome depends only on whether A is visited before B.
 
-    A before B: A's step is kept (rho = 0.1), then B's (rho = 0.2, projected to 0.15); A and B fooled.
+    A before B: A's step is kept (rho = 0.1), then B's (rho = 0.2, projected to 0.15);
+    A and B fooled.
     B before A: B's step fails at rho = 0 and is rejected; A's is kept (rho = 0.1); only A fooled.
     """
     model = brightness_model()
@@ -238,7 +241,8 @@ def test_faithful_accept_reject_rule_by_hand():
 
 
 def test_batched_pass_sums_accepted_steps_by_hand():
-    """One batch of all four at rho = 0: only A's step flips, so rho = 0.1; a second pass adds B's."""
+    """One batch of all four at rho = 0: only A's step flips, so rho = 0.1; a second pass adds
+    B's."""
     model = brightness_model()
     first = uap.universal_perturbation(model, HAND, i_max=1, mode="batched", **HAND_SETTINGS)
     np.testing.assert_allclose(first.perturbation, 0.1, atol=1e-6)
@@ -249,8 +253,9 @@ def test_batched_pass_sums_accepted_steps_by_hand():
 
 
 def test_targeted_pass_skips_images_already_in_the_target_by_hand():
-    """Targeted to class 1, one batch at rho = 0: A's step reaches the target and is kept, B's does not;
-    C, already in class 1, takes no step (a step on it would add another 0.1). R_s = A, C of four."""
+    """Targeted to class 1, one batch at rho = 0: A's step reaches the target and is kept, B's does
+    not; C, already in class 1, takes no step (a step on it would add another 0.1). R_s = A, C of
+    four."""
     result = uap.universal_perturbation(
         brightness_model(), HAND, i_max=1, mode="batched", target=1, **HAND_SETTINGS
     )
@@ -269,9 +274,8 @@ def test_stop_at_stops_after_the_pass_that_reaches_it(stop_at, passes):
     )
 
 
-@pytest.mark.parametrize(
-    "norm, xi", [(np.inf, 0.15), (2, 0.6)]
-)  # a uniform 0.15 on 16 pixels: L2 norm 0.6
+# a uniform 0.15 on 16 pixels: L2 norm 0.6
+@pytest.mark.parametrize("norm, xi", [(np.inf, 0.15), (2, 0.6)])
 def test_init_warm_start_continues_from_init(norm, xi):
     """B, C, D alone: from rho = 0 nothing flips; from rho = 0.1, B's step is kept (rho -> 0.15)."""
     model, images = brightness_model(), HAND[1:]
@@ -289,6 +293,7 @@ def test_init_warm_start_continues_from_init(norm, xi):
 def test_init_outside_the_ball_is_projected_first(norm):
     xi = 0.05
     init = uap.random_perturbation((4, 4, 1), 3 * xi, norm, seed=5)
+    # no step can flip these
     result = uap.universal_perturbation(
         brightness_model(),
         flat(0.1, 0.9),
@@ -299,7 +304,7 @@ def test_init_outside_the_ball_is_projected_first(norm):
         init=init,
         mode="faithful",
         progress=False,
-    )  # no step can flip these
+    )
     np.testing.assert_allclose(result.perturbation, uap.project(init, xi, norm), atol=1e-6)
     assert uap.lp_norms(result.perturbation[None], norm)[0] == pytest.approx(xi, rel=1e-4)
 
@@ -356,6 +361,7 @@ def test_uap_key_changes_with_every_setting(change):
 def test_cached_uap_tells_apart_attack_sets_of_the_same_size(tmp_path):
     """Two attack sets of four images: A's step fools in the first, nothing flips in the second."""
     model = brightness_model()
+    # xi = 0.35 x 0.4 = 0.14
     settings = dict(
         zeta=0.35,
         norm=np.inf,
@@ -366,7 +372,7 @@ def test_cached_uap_tells_apart_attack_sets_of_the_same_size(tmp_path):
         progress=False,
         norm_images=flat(0.4, 0.4),
         mode="batched",
-    )  # xi = 0.35 x 0.4 = 0.14
+    )
     with_a = uap.cached_uap(model, "model-key", HAND, **settings)
     without_a = uap.cached_uap(model, "model-key", flat(0.38, 0.38, 0.70, 0.10), **settings)
     assert with_a.xi == without_a.xi == pytest.approx(0.14)
@@ -382,9 +388,8 @@ def test_cached_uap_recomputes_for_changed_weights_and_reloads_otherwise(tmp_pat
     )
     first = uap.cached_uap(model, "model-key", HAND, **settings)
     np.testing.assert_allclose(first.perturbation, 0.1, atol=1e-6)
-    model.set_weights(
-        brightness_model(0.58).get_weights()
-    )  # same key, new weights: no step flips at 0.58
+    # same key, new weights: no step flips at 0.58
+    model.set_weights(brightness_model(0.58).get_weights())
     second = uap.cached_uap(model, "model-key", HAND, **settings)
     assert np.all(second.perturbation == 0) and len(list(tmp_path.glob("*.npz"))) == 2
 
@@ -396,7 +401,7 @@ def test_cached_uap_recomputes_for_changed_weights_and_reloads_otherwise(tmp_pat
     np.testing.assert_array_equal(again.perturbation, second.perturbation)
 
 
-# --------------------------------------------------------------------------- the attack on a trained model
+# -------------------------------------------------------------------- the attack on a trained model
 
 
 @dataclass
@@ -482,7 +487,8 @@ def check_targeted_claim(setting, results):
     for target, result in results.items():
         e = uap.evaluate(setting.model, setting.test, result.perturbation, target=target)
         assert e["success_rate"] >= e["success_baseline"] + 0.08, (
-            f"class {target}: R_s = {e['success_rate']:.3f} vs baseline R_s0 = {e['success_baseline']:.3f}"
+            f"class {target}: R_s = {e['success_rate']:.3f} vs baseline "
+            f"R_s0 = {e['success_baseline']:.3f}"
         )
 
 

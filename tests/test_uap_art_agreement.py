@@ -70,7 +70,8 @@ def setup(smoke_pneumonia_model):
 
 
 def test_compiled_art_classifier_is_the_course_classifier(setup):
-    """The speed-up changes nothing: same predictions and loss gradients as ``to_art_classifier``."""
+    """The speed-up changes nothing: same predictions and loss gradients as
+    ``to_art_classifier``."""
     model, fast, images, _, _, _ = setup
     plain = to_art_classifier(model)
     x = images[:4]
@@ -86,8 +87,9 @@ def helper_orders(n: int, seed: int) -> list:
 
 
 def run_art(classifier, images, xi, norm, target, seed, orders=None):
-    """ART's UAP (or targeted UAP) with its own image order, drawn by ``random`` seeded with ``seed``,
-    or, if ``orders`` is given, with those orders (one per pass) in place of ``random.sample``'s."""
+    """ART's UAP (or targeted UAP) with its own image order, drawn by ``random`` seeded with
+    ``seed``, or, if ``orders`` is given, with those orders (one per pass) in place of
+    ``random.sample``'s."""
     import random
 
     from art.attacks.evasion import TargetedUniversalPerturbation, UniversalPerturbation
