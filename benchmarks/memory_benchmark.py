@@ -1,4 +1,5 @@
-"""Peak host memory of the paper scale: loading, one training epoch and one retraining round at 224 px.
+"""Peak host memory of the paper scale: loading, one training epoch and one retraining round at
+224 px.
 
 The paper scale keeps every split as stored (uint8), oversamples by index and turns images into
 float32 a batch at a time, so its memory is the stored bytes of the sampled splits plus what one
@@ -11,7 +12,8 @@ extra images, not by their float32 copies. The bound for the real set size is th
 
     peak(measured) + (real training images - measured) x bytes per stored image.
 
-    python benchmarks/memory_benchmark.py [--dataset derma] [--images 600] [--architecture inception_v3]
+    python benchmarks/memory_benchmark.py [--dataset derma] [--images 600]
+        [--architecture inception_v3]
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a checkout without installing
+# run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
@@ -40,7 +41,8 @@ def peak_gib() -> float:
 
 
 def write_npz(folder: Path, name: str, train_images: int, seed: int = 0) -> Path:
-    """A 224 px npz like MedMNIST's: random pixels, the real class proportions, the real val/test sizes."""
+    """A 224 px npz like MedMNIST's: random pixels, the real class proportions, the real val/test
+    sizes."""
     from helpers.data import get_info
     from helpers.synthetic import CLASS_PROPORTIONS, FINDING_PREVALENCE
 
@@ -65,12 +67,14 @@ def write_npz(folder: Path, name: str, train_images: int, seed: int = 0) -> Path
 
 
 def stored_bound() -> list[tuple[str, float, float]]:
-    """Per dataset at the paper scale (224 px): (name, GiB stored by its sampled splits, GiB of its largest raw split).
+    """Per dataset at the paper scale (224 px): (name, GiB stored by its sampled splits, GiB of its
+    largest raw split).
 
     An upper bound from the official split sizes: a split is counted whole unless paper 000 draws a
-    class-balanced training or test subset from it (at most ``per_class`` images of each class); the ChestMNIST
-    training split is counted with its normal images, which training leaves out. While a split is
-    loaded, the whole raw array is in memory besides the sampled copy (then it is released).
+    class-balanced training or test subset from it (at most ``per_class`` images of each class); the
+    ChestMNIST training split is counted with its normal images, which training leaves out. While a
+    split is loaded, the whole raw array is in memory besides the sampled copy (then it is
+    released).
     """
     from helpers.data import DATASETS
     from helpers.synthetic import CLASS_PROPORTIONS
@@ -80,9 +84,8 @@ def stored_bound() -> list[tuple[str, float, float]]:
         per_image = 224 * 224 * info.channels
         kept = 0
         for split in ("train", "val", "test"):
-            cap = {"train": info.train_per_class, "test": info.test_per_class}.get(
-                split
-            )  # val: kept whole
+            # val: kept whole
+            cap = {"train": info.train_per_class, "test": info.test_per_class}.get(split)
             counts = CLASS_PROPORTIONS.get(name, {}).get(split)
             kept += sum(min(c, cap) for c in counts) if cap and counts else info.n_samples[split]
         rows.append((name, kept * per_image / GIB, max(info.n_samples.values()) * per_image / GIB))
@@ -137,8 +140,8 @@ def main(argv=None) -> int:
     train = splits["train"]
     stored = sum(split.stored_bytes for split in splits.values())
     print(
-        f"after loading:                peak {peak_gib():5.2f} GiB  ({len(train)} training images from "
-        f"{len(train.stored)} stored, {stored / GIB:.2f} GiB stored in all splits)"
+        f"after loading:                peak {peak_gib():5.2f} GiB  ({len(train)} training images "
+        f"from {len(train.stored)} stored, {stored / GIB:.2f} GiB stored in all splits)"
     )
     model = models.model_for(info, args.architecture, 224, None, preset.backbone_input)
     training.fit(model, train, splits["val"], epochs=1, batch_size=args.batch_size)
@@ -161,8 +164,9 @@ def main(argv=None) -> int:
     per_image = int(np.prod(train.shape))
     real = info.n_samples["train"]
     print(
-        f"{time.perf_counter() - start:.0f} s; one stored image: {per_image / 2**20:.3f} MiB; the real training "
-        f"split has {real} images: bound = peak + ({real} - {args.images}) x {per_image / 2**20:.3f} MiB "
+        f"{time.perf_counter() - start:.0f} s; one stored image: {per_image / 2**20:.3f} MiB; the "
+        f"real training split has {real} images: bound = peak + ({real} - {args.images}) "
+        f"x {per_image / 2**20:.3f} MiB "
         f"= {peak_gib() + max(0, real - args.images) * per_image / GIB:.2f} GiB"
     )
     return 0

@@ -11,7 +11,8 @@ Prints a markdown table: images per second, speed-up over ART, success rate, mod
 (candidate images evaluated) per image and per second - ART's larger population makes it query
 about four times as often per generation, so the two speeds are worth reading together.
 
-    python benchmarks/pixel_benchmark.py [--images 20] [--pixels 1 3] [--population 100] [--generations 30]
+    python benchmarks/pixel_benchmark.py [--images 20] [--pixels 1 3] [--population 100]
+        [--generations 30]
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a checkout without installing
+# run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
@@ -240,9 +240,9 @@ def main(argv=None) -> int:
 
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, GPUs: "
-        f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, ART {art.__version__}; "
-        f"untargeted, at most {args.generations} generations, helper population {args.population}, "
-        f"seed {args.seed}"
+        f"{len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, "
+        f"ART {art.__version__}; untargeted, at most {args.generations} generations, helper "
+        f"population {args.population}, seed {args.seed}"
     )
     for note in notes:
         print(f"- {note}")

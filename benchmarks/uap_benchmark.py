@@ -6,7 +6,8 @@ zeta x mean image norm, i_max passes), for p = 2 and p = inf. Prints a markdown 
 time, speed-up over ART, and the fooling rate R_f (targeted: success rate R_s) on held-out
 test images. See benchmarks/README.md.
 
-    python benchmarks/uap_benchmark.py [--images 500] [--eval 300] [--i-max 5] [--scale smoke] [--seed 0]
+    python benchmarks/uap_benchmark.py [--images 500] [--eval 300] [--i-max 5] [--scale smoke]
+        [--seed 0]
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a checkout without installing
+# run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
@@ -108,7 +108,8 @@ def run_art(classifier, images, xi, norm, args, target):
 
 
 def run_helper(model, images, xi, norm, args, target, mode):
-    """(perturbation, seconds of the fastest of ``args.repeat`` calls after the first, seconds of the first)."""
+    """(perturbation, seconds of the fastest of ``args.repeat`` calls after the first, seconds of
+    the first)."""
     from helpers import uap
 
     def call():
@@ -128,9 +129,8 @@ def run_helper(model, images, xi, norm, args, target, mode):
         )
         return result.perturbation, time.perf_counter() - start
 
-    getattr(uap, "_COMPILED", {}).pop(
-        model, None
-    )  # the first call traces the helper's tf.functions anew
+    # the first call traces the helper's tf.functions anew
+    getattr(uap, "_COMPILED", {}).pop(model, None)
     first, first_seconds = call()
     seconds = []
     for _ in range(args.repeat):  # these reuse them
@@ -159,8 +159,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--target {args.target}: choose a class in [0, {n_classes}).")
     if len(images) < args.images or len(held_out) < args.eval:
         print(
-            f"note: the '{args.scale}' scale has {len(train)} training and {len(test)} test images; "
-            f"using {len(images)} and {len(held_out)}."
+            f"note: the '{args.scale}' scale has {len(train)} training and {len(test)} test "
+            f"images; using {len(images)} and {len(held_out)}."
         )
     classifier = to_art_classifier(model)
 
@@ -169,19 +169,21 @@ def main(argv=None) -> int:
     uap.universal_perturbation(model, images[:2], xi=0.1, eps=args.eps, i_max=1, progress=False)
 
     print(
-        f"\n{trained.key}: {train.kind} data, {len(images)} training images, {len(held_out)} test images, "
-        f"zeta = {args.zeta:g}, eps = {args.eps:g}, i_max = {args.i_max}, seed {args.seed}, "
-        f"batch {args.batch_size}, targeted towards class {args.target} "
+        f"\n{trained.key}: {train.kind} data, {len(images)} training images, {len(held_out)} test "
+        f"images, zeta = {args.zeta:g}, eps = {args.eps:g}, i_max = {args.i_max}, "
+        f"seed {args.seed}, batch {args.batch_size}, targeted towards class {args.target} "
         f"({train.info.class_names[args.target]})"
     )
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, ART {art.__version__}"
+        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; TensorFlow {tf.__version__}, "
+        f"ART {art.__version__}"
     )
     print(
-        "Warm-up before timing: TensorFlow's runtime, ART's compiled forward pass, one helper call. "
-        f"A helper's 'time' is the fastest of {args.repeat} calls after its first call with the same settings "
-        "(they reuse the tf.functions traced by the first); 'first call' includes tracing them. ART runs once.\n"
+        "Warm-up before timing: TensorFlow's runtime, ART's compiled forward pass, one helper "
+        f"call. A helper's 'time' is the fastest of {args.repeat} calls after its first call with "
+        "the same settings (they reuse the tf.functions traced by the first); 'first call' "
+        "includes tracing them. ART runs once.\n"
     )
 
     rows, verdicts, controls = [], [], {}
@@ -246,11 +248,12 @@ def main(argv=None) -> int:
         first_text = "" if first is None else f"{first:.2f}"
         ratio_text = f"{ratio:.0f}×" if ratio >= 10 else f"{ratio:.1f}×"
         print(
-            f"| {method} | {p} | {seconds:.2f} | {first_text} | {ratio_text} | {rate_name} = {value:.3f} |"
+            f"| {method} | {p} | {seconds:.2f} | {first_text} | {ratio_text} "
+            f"| {rate_name} = {value:.3f} |"
         )
     print(
-        f"\nR_s baseline (no perturbation, class {args.target}): R_s0 = {baseline['success_baseline']:.3f}. "
-        f"Random noise of the same norm (3 draws): "
+        f"\nR_s baseline (no perturbation, class {args.target}): "
+        f"R_s0 = {baseline['success_baseline']:.3f}. Random noise of the same norm (3 draws): "
         + ", ".join(f"p = {p}: R_f = {value:.3f}" for p, value in controls.items())
         + f". Random-order seed {args.seed}; rates vary by a few points between seeds."
     )
@@ -258,8 +261,9 @@ def main(argv=None) -> int:
     for p, kind, ratio, ratio_first, delta in verdicts:
         ok = ratio >= 20 and delta >= -0.02
         print(
-            f"  p = {p} {kind}: batched {ratio:.1f}x faster ({ratio_first:.1f}x counting the first call's tracing), "
-            f"rate {100 * delta:+.1f} points vs ART -> {'met' if ok else 'NOT met'}"
+            f"  p = {p} {kind}: batched {ratio:.1f}x faster ({ratio_first:.1f}x counting the "
+            f"first call's tracing), rate {100 * delta:+.1f} points vs ART "
+            f"-> {'met' if ok else 'NOT met'}"
         )
     return 0
 
