@@ -56,6 +56,7 @@ def install_cell() -> str:
         "(set in one place,\n"
         "# helpers/config.py: REPO_REF). TensorFlow is already there. Elsewhere: nothing to do.\n"
         "import sys\n"
+        "\n"
         'if "google.colab" in sys.modules:\n'
         f'    !pip install -q "{install_spec()}"'
     )
