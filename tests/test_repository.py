@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -39,3 +41,19 @@ def test_readme_documents_the_two_commands():
     for target in ("book", "test"):
         assert f"make {target}" in readme
         assert re.search(rf"^{target}:", makefile, re.MULTILINE)
+
+
+def test_code_is_formatted_at_100_columns():
+    """``ruff format`` (pyproject.toml) keeps the code and the chapters at 100 columns."""
+    paths = ["helpers", "tests", "chapters", "benchmarks"]
+    for command in (["format", "--check"], ["check"]):
+        ran = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--no-cache", *paths],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert ran.returncode == 0, (
+            f"`ruff {' '.join(command)}` failed; run `ruff format {' '.join(paths)}` and wrap "
+            f"what it cannot:\n{ran.stdout}{ran.stderr}"
+        )
