@@ -8,6 +8,8 @@
   machine without it.
 * ``smoke_pneumonia_model``: the small CNN trained once per session on pneumonia at the
   ``smoke`` scale (real data when available, else synthetic). Treat it as read-only.
+* ``built_book``: every chapter executed at ``smoke`` into a temporary copy of the book, and the
+  HTML built, once per session (test_book.py and test_browser.py share it). Treat it as read-only.
 """
 
 from __future__ import annotations
@@ -89,3 +91,23 @@ def smoke_pneumonia_model(tmp_path_factory, real_medmnist_dir):
             splits, "small_cnn", preset, seed=0, cache=cache / "models", verbose=False
         )
     return splits, trained
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory, real_medmnist_dir):
+    """Execute every chapter at smoke into a temporary copy of the book and build the HTML.
+
+    The chapter uses the real PneumoniaMNIST file when it is available, as `make book` does.
+    Returns :func:`helpers.pipeline.run`'s summary (``book_dir``, ``notebooks``, ``results``, ...).
+    """
+    from helpers import config
+    from helpers.pipeline import run, toc_chapters
+
+    work = tmp_path_factory.mktemp("book")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(config.ENV_CACHE_DIR, str(work / "cache"))  # train from scratch, hermetically
+        if real_medmnist_dir is not None:
+            patch.setenv(config.ENV_MEDMNIST_DIR, str(real_medmnist_dir))
+        else:
+            patch.delenv(config.ENV_MEDMNIST_DIR, raising=False)
+        return run("smoke", work / "book", chapters=toc_chapters())

@@ -1,4 +1,8 @@
-"""Every chapter executed at the smoke scale, its recorded numbers, and the rendered book."""
+"""Every chapter executed at the smoke scale, its recorded numbers, and the rendered book.
+
+The chapters run once per session, in the ``built_book`` fixture (tests/conftest.py), which
+test_browser.py shares.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import nbformat
 import pytest
 
 from helpers import config
-from helpers.pipeline import run, toc_chapters
+from helpers.pipeline import toc_chapters
 from helpers.records import load_reference
 from helpers.regression import format_table, report_rows
 
@@ -18,22 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHAPTER = "01_transfer_learning"
 CHAPTERS = toc_chapters()
 pytestmark = [pytest.mark.slow, pytest.mark.book]
-
-
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory, real_medmnist_dir):
-    """Execute every chapter at smoke into a temporary copy of the book and build the HTML.
-
-    The chapter uses the real PneumoniaMNIST file when it is available, as `make book` does.
-    """
-    work = tmp_path_factory.mktemp("book")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(config.ENV_CACHE_DIR, str(work / "cache"))  # train from scratch, hermetically
-        if real_medmnist_dir is not None:
-            patch.setenv(config.ENV_MEDMNIST_DIR, str(real_medmnist_dir))
-        else:
-            patch.delenv(config.ENV_MEDMNIST_DIR, raising=False)
-        return run("smoke", work / "book", chapters=CHAPTERS)
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
