@@ -126,6 +126,29 @@ def test_training_reads_the_images_a_batch_at_a_time(monkeypatch):
     assert sum(read) == 2 * (len(train) + len(val))  # every image read once per epoch, none more
 
 
+@pytest.mark.parametrize("name", ["pneumonia", "chest"])
+def test_fit_traces_the_training_step_once(name):
+    """The optimizer's and the metrics' variables exist before Keras traces the training step:
+    a variable created while tracing would make TensorFlow trace the whole step a second time."""
+    train = data.load(name, "train", source="synthetic", synthetic_count=40, verbose=False)
+    model = build_model(
+        "small_cnn",
+        (28, 28, 1),
+        train.info.n_classes,
+        multilabel=train.info.multilabel,
+        weights=None,
+    )
+    traces, step = [], model.train_step
+
+    def counted(batch):
+        traces.append(1)  # runs only while TensorFlow traces the step
+        return step(batch)
+
+    object.__setattr__(model, "train_step", counted)
+    training.fit(model, train, epochs=2, batch_size=16)
+    assert len(traces) == 1
+
+
 def test_model_key_format():
     assert (
         model_key("pneumonia", "real", 28, "small_cnn", None, "smoke", 0)
