@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from . import costs
-from .models import check_images, compiled_forward, is_multilabel, weights_digest
+from .models import check_images, compiled_forward, is_multilabel, predict_proba, weights_digest
 
 MAX_PIXELS = 3  # the paper attacks with 1, 2 and 3 pixels
 DELTA = 1e-5  # equations 3-4: keeps the cosine similarity's denominator positive
@@ -481,7 +481,7 @@ def _run(
         raise ValueError("images is empty: give at least one image to attack.")
     batch_size = _batch_size(batch_size, images.shape[1:])
     target = _check_target(target, multilabel, len(images), int(model.output_shape[-1]))
-    clean = _predict(model, images, batch_size)
+    clean = predict_proba(model, images, batch_size)
     original = (clean > GAMMA).astype(np.uint8) if multilabel else clean.argmax(axis=1)
     reference = original if target is None else target
     best_pixels, gens = _evolve(
@@ -500,7 +500,7 @@ def _run(
         progress,
     )
     adversarial = apply_pixels(images, best_pixels[:, None])[:, 0]
-    final_proba = _predict(model, adversarial, batch_size)
+    final_proba = predict_proba(model, adversarial, batch_size)
     final = (final_proba > GAMMA).astype(np.uint8) if multilabel else final_proba.argmax(axis=1)
     success = is_success(final_proba, reference, targeted=target is not None, multilabel=multilabel)
     applied = best_pixels.copy()
@@ -622,7 +622,8 @@ def _stopped(wins, early_stop) -> np.ndarray:
 
 
 def _forward(model):
-    """The model's compiled inference pass on NumPy images, counted: images -> NumPy outputs."""
+    """The model's compiled inference pass on unchecked candidate images (the search's hot path),
+    counted: images -> NumPy outputs."""
     import tensorflow as tf
 
     compiled = compiled_forward(model)
@@ -632,12 +633,6 @@ def _forward(model):
         return np.asarray(compiled(tf.convert_to_tensor(x, tf.float32)), dtype=np.float32)
 
     return forward
-
-
-def _predict(model, images, batch_size) -> np.ndarray:
-    return np.concatenate(
-        [_forward(model)(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    )
 
 
 def default_batch_size(shape) -> int:
@@ -1032,8 +1027,7 @@ def images_per_label_set(
         raise ValueError(
             f"sets has shape {sets.shape}; expected (S, {dataset.info.n_classes}) label sets."
         )
-    batches = dataset.batches(_batch_size(batch_size, dataset.shape))
-    proba = np.concatenate([_forward(model)(check_images(batch, model)) for batch in batches])
+    proba = predict_proba(model, dataset, _batch_size(batch_size, dataset.shape))
     predicted = (proba > GAMMA).astype(np.uint8)
     rng = np.random.default_rng(seed)
     names = label_set_names(sets, dataset.info.short_names)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import pixel
+from helpers import models, pixel
 from helpers.data import get_info
 from helpers.models import predict_proba
 
@@ -556,8 +556,10 @@ def test_default_batch_size_follows_the_image_size(monkeypatch):
         inputs,
         keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)),
     )
-    sizes, forward = [], pixel._forward(model)
-    monkeypatch.setattr(pixel, "_forward", lambda m: lambda x: sizes.append(len(x)) or forward(x))
+    sizes, compiled = [], models.compiled_forward(model)
+    spy = lambda x: sizes.append(len(x)) or compiled(x)  # noqa: E731
+    monkeypatch.setattr(models, "compiled_forward", lambda m: spy)  # predict_proba's calls
+    monkeypatch.setattr(pixel, "compiled_forward", lambda m: spy)  # the search's calls
     # 1600 candidate images
     pixel.random_pixels(model, np.zeros((400, 64, 64, 3), np.float32), tries=4)
     assert max(sizes) == 1365 and sum(sizes) == 400 + 1600 + 400  # clean, candidates, final
