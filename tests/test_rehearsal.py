@@ -5,7 +5,8 @@ A rehearsal (``REHEARSAL = True``, see :mod:`helpers.scales`) keeps the scale's 
 image size, backbone input, UAP mode, pixel victim and every branch its chapters take, with tiny
 budgets, random-initialised backbones and synthetic data. The gpu rehearsal runs in CI; the paper
 rehearsal (seven backbones, 224 px resized to 299 px) takes hours on two cores, and chapter 1's 28
-trainings in one kernel need more than 23 GB (see the README), so it runs only when asked for:
+trainings in one kernel ran out of memory on a 23 GB machine (see the README), so it runs only when
+asked for:
 ``RUN_PAPER_REHEARSAL=1 pytest tests/test_rehearsal.py``.
 """
 
