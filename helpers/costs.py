@@ -30,9 +30,21 @@ def architecture_of(model) -> str:
 
 def count(model, kind: str, images: int) -> None:
     """Add ``images`` passes of ``kind`` ("forward" or "backward") through ``model``."""
+    count_architecture(architecture_of(model), kind, images)
+
+
+def add(counts: dict[str, dict[str, int]]) -> None:
+    """Add a :func:`snapshot` taken elsewhere (e.g. in a child process that trained a model)."""
+    for arch, kinds in counts.items():
+        for kind, images in kinds.items():
+            count_architecture(arch, kind, images)
+
+
+def count_architecture(architecture: str, kind: str, images: int) -> None:
+    """Add ``images`` passes of ``kind`` through a model of ``architecture``."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; choose one of {KINDS}.")
-    _COUNTS[architecture_of(model)][kind] += int(images)
+    _COUNTS[architecture][kind] += int(images)
 
 
 def snapshot() -> dict[str, dict[str, int]]:

@@ -486,3 +486,38 @@ def test_a_rehearsal_trains_random_backbones_on_synthetic_data_under_the_scales_
         "-gpu-rehearsal-" in trained.key
         and trained.model.get_layer("resize").output.shape[1] == 128
     )
+
+
+@pytest.mark.slow
+def test_training_in_its_own_process_gives_the_same_model_and_counts_its_passes(
+    trained_tiny, tmp_path, capfd
+):
+    from helpers import costs
+
+    splits, trained = trained_tiny
+    costs.reset()
+    child = get_or_train(
+        splits, "small_cnn", TINY, seed=0, cache=tmp_path / "own", verbose=False, own_process=True
+    )
+    assert not child.from_cache and child.key == trained.key
+    assert same_weights(child.model, trained.model)  # same seed, same model
+    assert child.history["loss"] == pytest.approx(trained.history["loss"])
+    epochs = TINY.epochs
+    assert costs.snapshot()["small_cnn"] == {
+        "forward": epochs * (len(splits["train"]) + len(splits["val"])),
+        "backward": epochs * len(splits["train"]),
+    }
+    assert "small_cnn" in capfd.readouterr().out  # the child's progress bar is shown here
+    assert [p.name for p in (tmp_path / "own").iterdir()] == [trained.key]  # no job left behind
+
+
+def test_training_in_its_own_process_reports_the_childs_error(tmp_path, monkeypatch):
+    failing = tmp_path / "python"
+    failing.write_text("#!/bin/sh\necho 'ValueError: something the child could not do'\nexit 3\n")
+    failing.chmod(0o755)
+    monkeypatch.setattr(training.sys, "executable", str(failing))
+    with pytest.raises(RuntimeError, match="(?s)exit code 3.*could not do.*own_process=False"):
+        get_or_train(
+            tiny_splits(), "small_cnn", TINY, cache=tmp_path / "m", verbose=False, own_process=True
+        )
+    assert not any((tmp_path / "m").iterdir())  # no model, no job folder left
