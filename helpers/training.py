@@ -478,30 +478,38 @@ def train_in_own_process(
         settings.update(weights=weights, cache=str(root), retrain=retrain, verbose=verbose)
         with open(job / "job.pkl", "wb") as file:
             pickle.dump({"splits": parts, **settings}, file)
-        _run_child([sys.executable, "-m", "helpers.training", str(job)], architecture)
+        command = [sys.executable, "-m", "helpers.training", str(job)]
+        _run_child(command, architecture, job / "native.log")
         result = json.loads((job / "result.json").read_text())
     costs.add(result["passes"])
     loaded = load_trained(Path(result["folder"]), verbose=False)
     return replace(loaded, history=result["history"], from_cache=result["from_cache"])
 
 
-def _run_child(command: list[str], architecture: str) -> None:
-    """Run ``command`` with this package importable, echoing its output; raise if it fails."""
+def _run_child(command: list[str], architecture: str, log: Path) -> None:
+    """Run ``command`` with this package importable, echoing its Python output; raise if it fails.
+
+    TensorFlow's native log lines (written to the file descriptor, not ``sys.stderr``) go to
+    ``log`` and are shown only if the child fails.
+    """
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # share a GPU with this process
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    tail = b""
-    while chunk := child.stdout.read1(4096):
-        sys.stdout.write(chunk.decode(errors="replace"))
-        sys.stdout.flush()
-        tail = (tail + chunk)[-3000:]
+    with open(log, "wb") as native_log:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=native_log, env=env)
+        tail = b""
+        while chunk := child.stdout.read1(4096):
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+            tail = (tail + chunk)[-3000:]
     if child.wait() != 0:
+        native = log.read_bytes()[-1500:].decode(errors="replace")
         raise RuntimeError(
             f"Training {architecture} in its own process failed (exit code {child.returncode}). "
-            f"Its last output:\n{tail.decode(errors='replace')}\nTo see the error in this "
-            "process instead, pass own_process=False to training.get_or_train."
+            f"Its last output:\n{tail.decode(errors='replace')}\nIts last log lines:\n{native}\n"
+            "To see the error in this process instead, pass own_process=False to "
+            "training.get_or_train."
         )
 
 
@@ -534,4 +542,5 @@ def remove_cached(folder: Path) -> None:
 if __name__ == "__main__":  # python -m helpers.training JOB_FOLDER (see train_in_own_process)
     if len(sys.argv) != 2:
         sys.exit("usage: python -m helpers.training JOB_FOLDER (written by train_in_own_process)")
+    sys.stderr = sys.stdout  # progress bars and tracebacks to the parent; native logs stay apart
     _train_job(Path(sys.argv[1]))

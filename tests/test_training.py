@@ -507,7 +507,9 @@ def test_training_in_its_own_process_gives_the_same_model_and_counts_its_passes(
         "forward": epochs * (len(splits["train"]) + len(splits["val"])),
         "backward": epochs * len(splits["train"]),
     }
-    assert "small_cnn" in capfd.readouterr().out  # the child's progress bar is shown here
+    shown = capfd.readouterr().out
+    assert "small_cnn" in shown  # the child's progress bar is shown here ...
+    assert "absl::InitializeLog" not in shown and "cudart_stub" not in shown  # ... not TF's logs
     assert [p.name for p in (tmp_path / "own").iterdir()] == [trained.key]  # no job left behind
 
 
