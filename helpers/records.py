@@ -72,13 +72,18 @@ def to_plain(value: Any) -> Value:
     raise TypeError(f"can only record a number, bool or str, not {type(value).__name__}: {value!r}")
 
 
-def peak_memory_mib() -> float | None:
-    """Peak resident memory of this process so far (MiB), or None where the system does not say."""
+def peak_memory_mib(children: bool = False) -> float | None:
+    """Peak resident memory of this process so far (MiB), or None where the system does not say.
+
+    ``children=True``: of the largest child process that has ended (a model trained in a process
+    of its own, :func:`helpers.training.train_in_own_process`); 0 if none has.
+    """
     try:
         import resource
     except ImportError:  # Windows
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    peak = resource.getrusage(who).ru_maxrss
     # macOS: bytes; Linux: KiB
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
@@ -87,8 +92,8 @@ class Recorder:
     """Collect a chapter's key numbers and keep ``<chapter>.results.json`` up to date.
 
     The file also holds the image passes through each model since the recorder was made
-    (:mod:`helpers.costs`) and the kernel's peak memory, brought up to date after every notebook
-    cell.
+    (:mod:`helpers.costs`) and the kernel's peak memory (and its largest child process's), brought
+    up to date after every notebook cell.
     """
 
     def __init__(self, chapter: str, scale: str):
@@ -140,6 +145,7 @@ class Recorder:
             "values": dict(self.values),
             "passes": costs.snapshot(),
             "peak_memory_mib": peak_memory_mib(),
+            "peak_child_memory_mib": peak_memory_mib(children=True),
         }
 
     def _write(self) -> None:

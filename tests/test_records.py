@@ -20,7 +20,7 @@ def test_file_written_where_the_env_var_points(records_env):
     rec = Recorder("01_transfer_learning", "smoke")
     assert rec.path == records_env / "01_transfer_learning.results.json"
     written = load_results(rec.path)
-    assert written.pop("peak_memory_mib") > 0
+    assert written.pop("peak_memory_mib") > 0 and written.pop("peak_child_memory_mib") >= 0
     assert written == {
         "chapter": "01_transfer_learning",
         "scale": "smoke",
@@ -176,3 +176,13 @@ def test_load_reference(tmp_path):
     assert load_reference("01_transfer_learning", "smoke", tmp_path) == REFERENCE
     with pytest.raises(FileNotFoundError, match="scale 'gpu'"):
         load_reference("01_transfer_learning", "gpu", tmp_path)
+
+
+def test_the_file_holds_the_peak_memory_of_the_largest_child_process(records_env):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "block = b'x' * (300 * 2**20)"], check=True)
+    written = load_results(Recorder("01_transfer_learning", "smoke").path)
+    assert written["peak_child_memory_mib"] >= 300  # MiB: a trainer in its own process, say
+    assert written["peak_memory_mib"] > 0
