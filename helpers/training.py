@@ -288,7 +288,13 @@ def get_or_train(
         return load_trained(folder, verbose=verbose)
     if preset.fit_in_own_process if own_process is None else own_process:
         return train_in_own_process(
-            splits, arch.name, preset, seed, weights=weights, cache=cache, retrain=retrain,
+            splits,
+            arch.name,
+            preset,
+            seed,
+            weights=weights,
+            cache=cache,
+            retrain=retrain,
             verbose=verbose,
         )
     model, built = _build(train.info, arch.name, preset, weights, seed, verbose)
