@@ -28,6 +28,7 @@ from . import uap
 from .config import cache_dir, publish_folder
 from .data import draw_distinct
 from .models import weights_digest
+from .own_process import call as call_in_own_process
 from .training import fit, save_trained, set_seed
 
 
@@ -259,6 +260,7 @@ def adversarial_retraining(
     seed: int = 0,
     cache=None,
     progress: bool = True,
+    own_process: bool = False,
 ) -> RetrainingRun:
     """Retrain ``trained`` (a :class:`~helpers.training.TrainedModel`) against UAPs, round by round.
 
@@ -277,10 +279,13 @@ def adversarial_retraining(
         learning_rate: the base rate of the extra epochs. Paper 000 does not state it; None runs
             chapter 1's schedule over them (base 1e-3, stepped down at 80 % and 90 % of the epochs).
         cache: the folder holding the runs (default: the course cache's ``retraining``).
+        own_process: compute the rounds in a child Python process (:mod:`helpers.own_process`),
+            which gives back the memory TensorFlow keeps after every fine-tuning; then load them.
     Returns:
         a :class:`RetrainingRun`; round 0 of its table is the model before retraining. Calling again
         with more ``rounds`` reloads the finished rounds and computes only the new ones.
     """
+    locals_at_call = dict(locals())  # the arguments, for a call in a process of its own
     _check(
         trained,
         splits,
@@ -320,6 +325,12 @@ def adversarial_retraining(
     )
     folder = Path(cache or cache_dir("retraining")) / key
     folder.mkdir(parents=True, exist_ok=True)
+    if own_process:
+        arguments = dict(locals_at_call, own_process=False)
+        before = [n for n in range(rounds + 1) if _is_complete(folder / f"round{n}")]
+        call_in_own_process(adversarial_retraining, **arguments)
+        run = adversarial_retraining(**dict(arguments, progress=False))
+        return replace(run, resumed_rounds=before)  # the child computed the others
     settings = dict(
         zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target, mode=mode, progress=False
     )

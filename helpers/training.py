@@ -11,11 +11,7 @@ seed, reloaded by later runs, and never overwritten.
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -29,6 +25,7 @@ from . import costs
 from .config import cache_dir, publish_folder
 from .data import MedDataset
 from .models import WeightsUnavailableError, get_architecture, model_for
+from .own_process import call as call_in_own_process
 from .scales import Preset, as_preset
 
 ROTATION_DEGREES = 5.0
@@ -275,7 +272,7 @@ def get_or_train(
     ``retrain=True`` trains again and saves the new model next to the old one (the old one
     is kept, renamed with a time stamp). ``own_process=True`` (default: the preset's
     ``fit_in_own_process``) trains in a child Python process, which gives back all its memory
-    when it ends (:func:`train_in_own_process`).
+    when it ends (:mod:`helpers.own_process`).
     """
     train = _train_split(splits)
     preset = as_preset(preset)
@@ -287,16 +284,19 @@ def get_or_train(
     if _is_cached(folder) and not retrain:
         return load_trained(folder, verbose=verbose)
     if preset.fit_in_own_process if own_process is None else own_process:
-        return train_in_own_process(
+        settings = dict(weights=weights, cache=cache, own_process=False)
+        call_in_own_process(
+            get_or_train,
             splits,
             arch.name,
             preset,
             seed,
-            weights=weights,
-            cache=cache,
             retrain=retrain,
             verbose=verbose,
+            **settings,
         )
+        trained = get_or_train(splits, arch.name, preset, seed, verbose=False, **settings)
+        return replace(trained, from_cache=False)  # trained just now, loaded from the cache
     model, built = _build(train.info, arch.name, preset, weights, seed, verbose)
     if built != weights:  # fell back to random initialisation
         weights, folder = built, _folder(cache, train, arch.name, built, preset, seed)
@@ -449,104 +449,8 @@ def load_trained(folder: Path, verbose: bool = True) -> TrainedModel:
     return TrainedModel(model, meta["key"], folder, meta, history, from_cache=True)
 
 
-# --------------------------------------------------------------------------- own process
-
-
-def train_in_own_process(
-    splits: dict,
-    architecture: str,
-    preset,
-    seed: int = 0,
-    *,
-    weights: str | None = "default",
-    cache: Path | None = None,
-    retrain: bool = False,
-    verbose: bool = True,
-) -> TrainedModel:
-    """:func:`get_or_train` run in a child Python process; the model is then loaded from the cache.
-
-    TensorFlow keeps about 0.25 GiB of host memory after each ``fit`` of a new model and never
-    gives it back (keras-team/keras#17458); a process that ends gives back everything. The child
-    reads the stored images from ``.npy`` files (memory-mapped, not copied), its output appears
-    here, and its image passes are added to :mod:`helpers.costs`. Same seed, same model as in this
-    process.
-    """
-    root = Path(cache or cache_dir("models"))
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".training-", dir=root) as job:
-        job = Path(job)
-        parts = {}
-        for name in ("train", "val"):
-            if splits.get(name) is not None:
-                np.save(job / f"{name}.npy", splits[name].stored)
-                parts[name] = replace(splits[name], stored=None)
-        settings = {"architecture": architecture, "preset": as_preset(preset), "seed": seed}
-        settings.update(weights=weights, cache=str(root), retrain=retrain, verbose=verbose)
-        with open(job / "job.pkl", "wb") as file:
-            pickle.dump({"splits": parts, **settings}, file)
-        command = [sys.executable, "-m", "helpers.training", str(job)]
-        _run_child(command, architecture, job / "native.log")
-        result = json.loads((job / "result.json").read_text())
-    costs.add(result["passes"])
-    loaded = load_trained(Path(result["folder"]), verbose=False)
-    return replace(loaded, history=result["history"], from_cache=result["from_cache"])
-
-
-def _run_child(command: list[str], architecture: str, log: Path) -> None:
-    """Run ``command`` with this package importable, echoing its Python output; raise if it fails.
-
-    TensorFlow's native log lines (written to the file descriptor, not ``sys.stderr``) go to
-    ``log`` and are shown only if the child fails.
-    """
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # share a GPU with this process
-    with open(log, "wb") as native_log:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=native_log, env=env)
-        tail = b""
-        while chunk := child.stdout.read1(4096):
-            sys.stdout.write(chunk.decode(errors="replace"))
-            sys.stdout.flush()
-            tail = (tail + chunk)[-3000:]
-    if child.wait() != 0:
-        native = log.read_bytes()[-1500:].decode(errors="replace")
-        raise RuntimeError(
-            f"Training {architecture} in its own process failed (exit code {child.returncode}). "
-            f"Its last output:\n{tail.decode(errors='replace')}\nIts last log lines:\n{native}\n"
-            "To see the error in this process instead, pass own_process=False to "
-            "training.get_or_train."
-        )
-
-
-def _train_job(job: Path) -> None:
-    """The child's side of :func:`train_in_own_process`: train, save, write ``result.json``."""
-    with open(job / "job.pkl", "rb") as file:
-        spec = pickle.load(file)
-    splits = {
-        name: replace(part, stored=np.load(job / f"{name}.npy", mmap_mode="r"))
-        for name, part in spec.pop("splits").items()
-    }
-    costs.reset()
-    trained = get_or_train(splits, **spec, own_process=False)
-    result = {
-        "folder": str(trained.path),
-        "history": trained.history,
-        "from_cache": trained.from_cache,
-        "passes": costs.snapshot(),
-    }
-    (job / "result.json").write_text(json.dumps(result))
-
-
 def remove_cached(folder: Path) -> None:
     """Delete one cached model folder (only folders that hold a model.keras)."""
     folder = Path(folder)
     if (folder / "model.keras").is_file():
         shutil.rmtree(folder)
-
-
-if __name__ == "__main__":  # python -m helpers.training JOB_FOLDER (see train_in_own_process)
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m helpers.training JOB_FOLDER (written by train_in_own_process)")
-    sys.stderr = sys.stdout  # progress bars and tracebacks to the parent; native logs stay apart
-    _train_job(Path(sys.argv[1]))

@@ -387,3 +387,22 @@ def test_a_partly_written_round_folder_is_moved_aside_not_overwritten(small, str
 
 def _killed(*args, **kwargs):
     raise KeyboardInterrupt("the run is killed")
+
+
+@pytest.mark.slow
+def test_a_run_in_its_own_process_gives_the_same_numbers_and_counts_its_passes(
+    small, straight, tmp_path
+):
+    from helpers import costs
+
+    splits, trained = small
+    run, _ = straight
+    costs.reset()
+    child = retrain.adversarial_retraining(
+        trained, splits, rounds=2, cache=tmp_path, own_process=True, **SETTINGS
+    )
+    np.testing.assert_array_equal(child.table[NUMBERS], run.table[NUMBERS])
+    np.testing.assert_array_equal(child.last_adv_pred, run.last_adv_pred)
+    assert child.resumed_rounds == []  # computed by the child, not found in the cache
+    passes = costs.snapshot()[costs.architecture_of(trained.model)]
+    assert passes["backward"] > len(splits["train"])  # the child's fine-tuning, counted here

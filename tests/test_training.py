@@ -2,13 +2,14 @@
 
 import json
 import shutil
+import sys
 import urllib.error
 
 import keras
 import numpy as np
 import pytest
 
-from helpers import data, training
+from helpers import config, data, training
 from helpers.models import WeightsUnavailableError, build_model, predict_labels, predict_proba
 from helpers.scales import get_preset
 from helpers.training import augmenter, fit, get_or_train, learning_rate_at, model_key
@@ -510,16 +511,18 @@ def test_training_in_its_own_process_gives_the_same_model_and_counts_its_passes(
     shown = capfd.readouterr().out
     assert "small_cnn" in shown  # the child's progress bar is shown here ...
     assert "absl::InitializeLog" not in shown and "cudart_stub" not in shown  # ... not TF's logs
-    assert [p.name for p in (tmp_path / "own").iterdir()] == [trained.key]  # no job left behind
+    assert [p.name for p in (tmp_path / "own").iterdir()] == [trained.key]
+    assert not list(config.cache_dir().glob(".own-process-*"))  # no job folder left
 
 
 def test_training_in_its_own_process_reports_the_childs_error(tmp_path, monkeypatch):
     failing = tmp_path / "python"
     failing.write_text("#!/bin/sh\necho 'ValueError: something the child could not do'\nexit 3\n")
     failing.chmod(0o755)
-    monkeypatch.setattr(training.sys, "executable", str(failing))
+    monkeypatch.setattr(sys, "executable", str(failing))
     with pytest.raises(RuntimeError, match="(?s)exit code 3.*could not do.*own_process=False"):
         get_or_train(
             tiny_splits(), "small_cnn", TINY, cache=tmp_path / "m", verbose=False, own_process=True
         )
-    assert not any((tmp_path / "m").iterdir())  # no model, no job folder left
+    assert not (tmp_path / "m").exists()  # no model
+    assert not list(config.cache_dir().glob(".own-process-*"))  # no job folder left
