@@ -411,8 +411,7 @@ def _retrain_once(
 def _evaluate_round(model, test, fresh, target):
     """Step (v): the fresh UAP's R_s (targeted) or R_f on the evaluation images, with accuracies."""
     scores = uap.evaluate(model, test.images, fresh.perturbation, target, labels=test.labels)
-    rate = scores["success_rate"] if target is not None else scores["fooling_rate"]
-    return rate, scores
+    return uap.headline_rate(scores, target), scores
 
 
 def _round_row(number, rate, scores, seconds, n_classes) -> dict:

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import costs
+from . import costs, metrics
 from .models import check_images, is_multilabel, predict_labels
 
 NORMS = {"2": 2, "l2": 2, 2: 2, "inf": np.inf, "linf": np.inf, np.inf: np.inf}
@@ -292,12 +292,12 @@ def _validate(model, images, target, eps, i_max, mode, batch_size):
 
 
 def _rate(model, images, perturbation, reference, target) -> float:
+    """R_s (``target``) or R_f of ``perturbation`` on ``images``, against clean predictions
+    ``reference``."""
     adversarial = predict_labels(model, apply(images, perturbation))
-    return (
-        float(np.mean(adversarial == target))
-        if target is not None
-        else float(np.mean(adversarial != reference))
-    )
+    if target is not None:
+        return metrics.targeted_success_rate(adversarial, target)
+    return metrics.fooling_rate(reference, adversarial)
 
 
 def universal_perturbation(
@@ -431,7 +431,8 @@ def evaluate(model, images, perturbation, target: int | None = None, labels=None
 
     Returns a dict with ``fooling_rate``, clean and adversarial predictions, and, for a
     target, ``success_rate`` (R_s) and ``success_baseline`` (R_s0, no perturbation).
-    ``labels`` (true classes) adds clean and adversarial accuracy.
+    ``labels`` (true classes) adds clean and adversarial accuracy. The rates are those of
+    :mod:`helpers.metrics`.
     """
     images = check_images(images, model)
     clean = predict_labels(model, images)
@@ -439,16 +440,21 @@ def evaluate(model, images, perturbation, target: int | None = None, labels=None
     out = {
         "clean_pred": clean,
         "adv_pred": adversarial,
-        "fooling_rate": float(np.mean(clean != adversarial)),
+        "fooling_rate": metrics.fooling_rate(clean, adversarial),
     }
     if target is not None:
-        out["success_rate"] = float(np.mean(adversarial == target))
-        out["success_baseline"] = float(np.mean(clean == target))
+        out["success_rate"] = metrics.targeted_success_rate(adversarial, target)
+        out["success_baseline"] = metrics.targeted_success_baseline(clean, target)
     if labels is not None:
-        labels = np.asarray(labels)
-        out["clean_accuracy"] = float(np.mean(clean == labels))
-        out["adversarial_accuracy"] = float(np.mean(adversarial == labels))
+        out["clean_accuracy"] = metrics.accuracy(labels, clean)
+        out["adversarial_accuracy"] = metrics.accuracy(labels, adversarial)
     return out
+
+
+def headline_rate(scores: dict, target: int | None = None) -> float:
+    """The rate an attack is judged by in an :func:`evaluate` result: R_s for a ``target``, else
+    R_f."""
+    return scores["success_rate"] if target is not None else scores["fooling_rate"]
 
 
 # --------------------------------------------------------------------------- cache
