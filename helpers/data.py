@@ -26,6 +26,7 @@ import numpy as np
 
 from .config import ENV_MEDMNIST_DIR, cache_dir
 from .scales import as_preset
+from .synthetic import CLASS_PROPORTIONS, FINDING_PREVALENCE, synthetic_arrays
 
 ZENODO_RECORD = "https://zenodo.org/records/10519652/files"
 SIZES = (28, 64, 128, 224)
@@ -562,13 +563,28 @@ def load(
             reason = str(error).splitlines()[0]
     else:
         reason = "requested"
-    from .synthetic import make_synthetic
-
     dataset = make_synthetic(info, split, size, seed=seed, count=synthetic_count)
     dataset.notes.append(f"synthetic stand-in: {reason}")
     if verbose:
         print(synthetic_banner(dataset, reason))
     return dataset
+
+
+def make_synthetic(info, split: str, size: int, seed: int = 0, count: int | None = None):
+    """A synthetic :class:`MedDataset` shaped like ``info``'s ``split``
+    (:func:`helpers.synthetic.synthetic_arrays`).
+
+    Args:
+        info: the :class:`DatasetInfo` to imitate.
+        split: "train", "val" or "test" (sets the class proportions).
+        size: image side in px.
+        seed: changes the images, not the class patterns.
+        count: number of images (default: the official count, at most 4,000, or 1,000 above 64 px).
+    """
+    images, labels = synthetic_arrays(info, split, size, seed=seed, count=count)
+    return MedDataset(
+        info, split, images, labels, synthetic=True, source=f"synthetic (seed {seed})"
+    )
 
 
 def synthetic_banner(dataset: MedDataset, reason: str = "") -> str:
@@ -696,8 +712,6 @@ def load_for_scale(
 
 def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:
     """Enough synthetic images for the sampling that follows, at most the official count."""
-    from .synthetic import CLASS_PROPORTIONS
-
     wanted = preset.max_train if split == "train" else preset.max_test
     wanted = wanted or (4000 if split == "train" else 1000)
     per_class = _per_class(
@@ -711,8 +725,6 @@ def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:
         wanted = max(wanted, int(np.ceil(1.5 * per_class * counts.sum() / counts.min())))
     # the normal images are dropped before sampling
     if split == "train" and info.train_without_normal:
-        from .synthetic import FINDING_PREVALENCE
-
         wanted = int(np.ceil(1.1 * wanted / (1.0 - np.prod(1.0 - np.array(FINDING_PREVALENCE)))))
     return int(min(info.n_samples[split], wanted, 20_000))
 

@@ -40,13 +40,6 @@ class _StoredImages:
     dataset: MedDataset  # without its stored images
 
 
-@dataclass(frozen=True)
-class _SavedModel:
-    """A TrainedModel, by its cache folder."""
-
-    folder: str
-
-
 def call(function, *args, **kwargs) -> None:
     """``function(*args, **kwargs)`` in a child Python process; raises if the child fails.
 
@@ -64,15 +57,12 @@ def call(function, *args, **kwargs) -> None:
 
 
 def _encode(value, job: Path):
-    """``value`` with MedDatasets and TrainedModels replaced by what the child can read back."""
-    from .training import TrainedModel
-
+    """``value`` with each MedDataset's stored images moved to a ``.npy`` file (a TrainedModel
+    pickles as its cache folder)."""
     if isinstance(value, MedDataset):
         name = f"images{len(list(job.glob('*.npy')))}"
         np.save(job / f"{name}.npy", value.stored)
         return _StoredImages(name, replace(value, stored=None))
-    if isinstance(value, TrainedModel):
-        return _SavedModel(str(value.path))
     if isinstance(value, dict):
         return {key: _encode(item, job) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -81,12 +71,8 @@ def _encode(value, job: Path):
 
 
 def _decode(value, job: Path):
-    from .training import load_trained
-
     if isinstance(value, _StoredImages):
         return replace(value.dataset, stored=np.load(job / f"{value.name}.npy", mmap_mode="r"))
-    if isinstance(value, _SavedModel):
-        return load_trained(Path(value.folder), verbose=False)
     if isinstance(value, dict):
         return {key: _decode(item, job) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

@@ -125,8 +125,12 @@ def _labels(rng, key: str, split: str, count: int, n_classes: int) -> np.ndarray
     return rng.permutation(labels).astype(np.int64)
 
 
-def make_synthetic(info, split: str, size: int, seed: int = 0, count: int | None = None):
-    """A synthetic :class:`~helpers.data.MedDataset` shaped like ``info``'s ``split``.
+def synthetic_arrays(
+    info, split: str, size: int, seed: int = 0, count: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, size, size, C) float32 in [0, 1] and labels shaped like ``info``'s ``split``.
+
+    :func:`helpers.data.make_synthetic` wraps them in a :class:`~helpers.data.MedDataset`.
 
     Args:
         info: the :class:`~helpers.data.DatasetInfo` to imitate.
@@ -135,8 +139,6 @@ def make_synthetic(info, split: str, size: int, seed: int = 0, count: int | None
         seed: changes the images, not the class patterns.
         count: number of images (default: the official count, at most 4,000, or 1,000 above 64 px).
     """
-    from .data import MedDataset
-
     default = 4000 if size <= 64 else 1000
     count = int(count or min(info.n_samples[split], default))
     if count < info.n_classes:
@@ -160,7 +162,4 @@ def make_synthetic(info, split: str, size: int, seed: int = 0, count: int | None
             rng, patterns, labels, size, STRENGTH.get(info.key, DEFAULT_STRENGTH)
         )
     images += rng.normal(0, NOISE_SD, size=images.shape).astype(np.float32)
-    images = np.clip(images, 0.0, 1.0).astype(np.float32)
-    return MedDataset(
-        info, split, images, labels, synthetic=True, source=f"synthetic (seed {seed})"
-    )
+    return np.clip(images, 0.0, 1.0).astype(np.float32), labels

@@ -232,6 +232,11 @@ class TrainedModel:
     history: dict = field(default_factory=dict)
     from_cache: bool = False
 
+    def __reduce__(self):
+        """Pickled as its cache folder: unpickling loads the saved model
+        (:mod:`helpers.own_process`)."""
+        return load_trained, (self.path, False)
+
 
 def model_key(
     dataset: str,

@@ -20,10 +20,10 @@ from helpers.data import (
     get_info,
     load,
     load_for_scale,
+    make_synthetic,
     oversample,
 )
 from helpers.scales import get_preset
-from helpers.synthetic import make_synthetic
 
 SPLIT_SIZES = {"train": 30, "val": 12, "test": 18}
 
