@@ -65,6 +65,11 @@ class DatasetInfo:
         return len(self.class_names)
 
     @property
+    def short_title(self) -> str:
+        """The title without the MedMNIST name, e.g. "Chest X-ray"."""
+        return self.title.split(" (")[0]
+
+    @property
     def multilabel(self) -> bool:
         return self.task == "multi-label"
 
