@@ -13,6 +13,7 @@ One module per idea, grown chapter by chapter:
 * :mod:`helpers.vulnerability` - rates versus UAP size, random controls, transferability
 * :mod:`helpers.natural`   - natural photos as the attack set (paper 001)
 * :mod:`helpers.pixel`     - one- and few-pixel attacks by differential evolution (paper 004)
+* :mod:`helpers.pixel_tables` - paper 004's tables of a pixel attack's results
 * :mod:`helpers.retrain`   - adversarial retraining against UAPs (paper 000)
 * :mod:`helpers.own_process` - a training or retraining run in a process of its own (``paper``)
 * :mod:`helpers.records`   - the key numbers each chapter records

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import models, pixel
+from helpers import models, pixel, pixel_tables
 from helpers.data import get_info
 from helpers.models import predict_proba
 
@@ -276,7 +276,7 @@ def table_7_images():
 
 def test_transform_ratio_reproduces_the_papers_table_8():
     table = pd.DataFrame(PAPER_TABLE_7, index=DERMA_ORDER, columns=DERMA_ORDER)
-    ratio = pixel.transform_ratio(table)
+    ratio = pixel_tables.transform_ratio(table)
     np.testing.assert_allclose(100 * ratio.to_numpy(), PAPER_TABLE_8, atol=0.006)
     assert list(ratio.index) == list(DERMA_ORDER)
 
@@ -284,23 +284,23 @@ def test_transform_ratio_reproduces_the_papers_table_8():
 def test_transform_ratio_with_a_failed_class_by_hand():
     # class 1 has no successful image: F = 1, T = sum of row ratios / (3 - 1)
     counts = np.array([[0, 2, 2], [0, 0, 0], [1, 0, 0]])
-    np.testing.assert_allclose(pixel.transform_ratio(counts), [0.5, 0.25, 0.25])
+    np.testing.assert_allclose(pixel_tables.transform_ratio(counts), [0.5, 0.25, 0.25])
     # the diagonal is ignored (ori = adv is a failure)
     np.testing.assert_allclose(
-        pixel.transform_ratio(counts + 5 * np.eye(3, dtype=int)), [0.5, 0.25, 0.25]
+        pixel_tables.transform_ratio(counts + 5 * np.eye(3, dtype=int)), [0.5, 0.25, 0.25]
     )
-    assert pixel.transform_ratio(np.zeros((2, 2))).isna().all()
+    assert pixel_tables.transform_ratio(np.zeros((2, 2))).isna().all()
 
 
 def test_transformation_table_by_hand_and_from_the_paper():
-    table = pixel.transformation_table(
+    table = pixel_tables.transformation_table(
         [0, 0, 1, 2, 2], [1, 1, 0, 2, 1], [True, True, True, False, True], ["a", "b", "c"]
     )
     np.testing.assert_array_equal(table.to_numpy(), [[0, 2, 0], [1, 0, 0], [0, 1, 0]])
     assert list(table.index) == list(table.columns) == ["a", "b", "c"]
     original, final = table_7_images()
     names = get_info("derma").short_names
-    full = pixel.transformation_table(original, final, np.ones(len(original), bool), names)
+    full = pixel_tables.transformation_table(original, final, np.ones(len(original), bool), names)
     np.testing.assert_array_equal(
         full.loc[list(DERMA_ORDER), list(DERMA_ORDER)].to_numpy(), PAPER_TABLE_7
     )
@@ -311,7 +311,7 @@ def test_conversion_table_reproduces_the_papers_table_9_for_derma():
     # the paper counts benign keratosis, melanocytic nevi and dermatofibroma as normal
     names = get_info("derma").short_names
     normal = [names.index(n) for n in ("BKL", "NV", "DF")]
-    table = pixel.conversion_table(original, final, np.ones(len(original), bool), normal)
+    table = pixel_tables.conversion_table(original, final, np.ones(len(original), bool), normal)
     assert table["Count"].tolist() == [61, 83]
     np.testing.assert_allclose(table["Percentage"], [42.36, 57.64], atol=0.005)
     assert list(table.index) == ["Disease to Normal", "Normal to Disease"]
@@ -321,26 +321,26 @@ def test_conversion_table_multilabel_normal_is_the_empty_set():
     original = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 0, 0]])
     final = np.array([[1, 0, 0], [0, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
     success = np.array([True, True, True, True, False])
-    table = pixel.conversion_table(original, final, success)
+    table = pixel_tables.conversion_table(original, final, success)
     # disease -> normal: image 1; normal -> disease: 0 and 3
     assert table["Count"].tolist() == [1, 2]
     np.testing.assert_allclose(table["Percentage"], [100 / 3, 200 / 3])
 
 
 def test_avg_cl_by_hand():
-    assert pixel.avg_cl([0.9, 0.8, 0.3], [True, False, True]) == pytest.approx(0.6)
-    assert np.isnan(pixel.avg_cl([0.9], [False]))
+    assert pixel_tables.avg_cl([0.9, 0.8, 0.3], [True, False, True]) == pytest.approx(0.6)
+    assert np.isnan(pixel_tables.avg_cl([0.9], [False]))
 
 
 def test_success_rate_table_by_hand():
-    table = pixel.success_rate_table(
+    table = pixel_tables.success_rate_table(
         [1, 0, 1, 1, 2], [True, False, False, True, True], ["a", "b", "c"]
     )
     assert list(table.index) == ["a", "b", "c"]
     assert table["images"].tolist() == [1, 3, 1]
     assert table["successes"].tolist() == [0, 2, 1]
     np.testing.assert_allclose(table["success rate"], [0.0, 2 / 3, 1.0])
-    sets = pixel.success_rate_table(
+    sets = pixel_tables.success_rate_table(
         np.array([[0, 0], [1, 0], [0, 0]]), [True, True, False], ["X", "Y"]
     )
     assert list(sets.index) == ["Normal", "X"] and sets["successes"].tolist() == [1, 1]
@@ -351,7 +351,7 @@ def test_label_set_tables_by_hand():
     original = np.array([[0, 0, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]])
     final = np.array([[1, 0, 0], [1, 0, 1], [0, 0, 0], [1, 1, 0], [0, 0, 0]])
     success = np.array([True, True, True, True, False])
-    assert pixel.label_set_names(final, names) == [
+    assert pixel_tables.label_set_names(final, names) == [
         "ATEL",
         "ATEL, NODU",
         "Normal",
@@ -359,26 +359,26 @@ def test_label_set_tables_by_hand():
         "Normal",
     ]
     # rows resulting, columns original
-    table = pixel.label_set_table(original, final, success, names)
+    table = pixel_tables.label_set_table(original, final, success, names)
     assert list(table.columns) == ["ATEL", "EFFU", "Normal"]
     assert table.loc["ATEL", "Normal"] == 1 and table.loc["ATEL, NODU", "Normal"] == 1
     assert table.loc["Normal", "ATEL"] == 1 and table.loc["ATEL, EFFU", "EFFU"] == 1
     assert table.to_numpy().sum() == 4
-    assert pixel.finding_counts(final, success, names).tolist() == [3, 1, 1]
-    assert pixel.findings_per_image(final, success).tolist() == [1, 1, 2, 0]
+    assert pixel_tables.finding_counts(final, success, names).tolist() == [3, 1, 1]
+    assert pixel_tables.findings_per_image(final, success).tolist() == [1, 1, 2, 0]
 
 
 def test_tables_reject_mismatched_inputs():
     with pytest.raises(ValueError, match="success"):
-        pixel.avg_cl([0.1, 0.2], [True])
+        pixel_tables.avg_cl([0.1, 0.2], [True])
     with pytest.raises(ValueError, match="square"):
-        pixel.transform_ratio(np.zeros((2, 3)))
+        pixel_tables.transform_ratio(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="label_set_table"):
-        pixel.transformation_table(
+        pixel_tables.transformation_table(
             np.zeros((2, 3)), np.zeros((2, 3)), [True, True], ["a", "b", "c"]
         )
     with pytest.raises(ValueError, match="labels"):
-        pixel.success_rate_table([0, 3], [True, True], ["a", "b"])
+        pixel_tables.success_rate_table([0, 3], [True, True], ["a", "b"])
 
 
 def test_report_multilabel_tables_by_hand():
@@ -400,7 +400,7 @@ def test_report_multilabel_tables_by_hand():
         seconds=0.0,
         multilabel=True,
     )
-    tables = pixel.report(result, get_info("chest"), names=["A", "B", "C"])
+    tables = pixel_tables.report(result, get_info("chest"), names=["A", "B", "C"])
     assert tables["success rate"].loc[["A", "Normal"], "successes"].tolist() == [1, 2]
     assert tables["findings"].tolist() == [1, 1, 1]  # A, B, C over images 0, 2, 3
     # Normal, one finding, two findings
@@ -411,7 +411,7 @@ def test_report_multilabel_tables_by_hand():
         tables["label sets"].loc["Normal", "A"] == 1 and tables["label sets"].to_numpy().sum() == 3
     )
     with pytest.raises(ValueError, match="multi-label"):
-        pixel.report(result, get_info("pneumonia"))
+        pixel_tables.report(result, get_info("pneumonia"))
 
 
 # ------------------------------------------------------------------------ tiny deterministic models
@@ -667,7 +667,7 @@ def test_multilabel_untargeted_and_targeted_attacks(toy_multilabel):
     )
     assert target.success.mean() >= 0.8
     assert np.all(target.final[target.success] == [0, 0, 1])
-    tables = pixel.report(result, get_info("chest"), names=["A", "B", "C"])
+    tables = pixel_tables.report(result, get_info("chest"), names=["A", "B", "C"])
     assert tables["findings per image"].sum() == result.success.sum()
     assert tables["success rate"].loc[["A", "Normal"], "images"].tolist() == [10, 10]
 
