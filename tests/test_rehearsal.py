@@ -4,9 +4,9 @@ CPU.
 A rehearsal (``REHEARSAL = True``, see :mod:`helpers.scales`) keeps the scale's architectures,
 image size, backbone input, UAP mode, pixel victim and every branch its chapters take, with tiny
 budgets, random-initialised backbones and synthetic data. The gpu rehearsal runs in CI; the paper
-rehearsal (seven backbones, 224 px resized to 299 px) takes hours on two cores, and chapter 1's 28
-trainings in one kernel ran out of memory on a 23 GB machine (see the README), so it runs only when
-asked for:
+rehearsal (seven backbones, 224 px resized to 299 px) takes hours on two cores (chapter 1 alone, 28
+trainings each in a process of its own, 51 minutes from an empty cache), so it runs only when asked
+for:
 ``RUN_PAPER_REHEARSAL=1 pytest tests/test_rehearsal.py``.
 """
 
