@@ -22,4 +22,11 @@ One module per idea, grown chapter by chapter:
 * :mod:`helpers.regression` - the chapters' numbers against references derived from a seed spread
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# On a GPU, TensorFlow takes all of its memory at the first operation unless told to grow: a model
+# trained in a process of its own (helpers.own_process) then would find none. Read when TensorFlow
+# first touches the GPU, so it must be set before any model runs; a value set by the reader wins.
+_os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")

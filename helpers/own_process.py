@@ -89,7 +89,7 @@ def _run(command: list[str], name: str, job: Path) -> None:
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # share a GPU with this process
+    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # share a GPU with this process (__init__)
     log = job / "native.log"
     with open(log, "wb") as native_log:
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=native_log, env=env)

@@ -131,3 +131,19 @@ def test_a_rehearsal_runs_on_the_cpu_without_imagenet_weights(monkeypatch, capsy
     monkeypatch.setattr(models, "fetch_imagenet_weights", never)
     assert environment.check(get_preset(scale, rehearsal=True))["gpus"] == []
     assert f"rehearsal of scale '{scale}'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("given, expected", [(None, "true"), ("false", "false")])
+def test_importing_the_helpers_lets_tensorflow_grow_into_the_gpu_unless_told_otherwise(
+    given, expected
+):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_FORCE_GPU_ALLOW_GROWTH"}
+    if given is not None:
+        env["TF_FORCE_GPU_ALLOW_GROWTH"] = given
+    code = "import helpers, os; print(os.environ['TF_FORCE_GPU_ALLOW_GROWTH'])"
+    ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert ran.stdout.strip() == expected  # a trainer in its own process can share the GPU
