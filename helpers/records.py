@@ -76,7 +76,7 @@ def peak_memory_mib(children: bool = False) -> float | None:
     """Peak resident memory of this process so far (MiB), or None where the system does not say.
 
     ``children=True``: of the largest child process that has ended (a model trained in a process
-    of its own, :func:`helpers.training.train_in_own_process`); 0 if none has.
+    of its own, :mod:`helpers.own_process`); 0 if none has.
     """
     try:
         import resource
