@@ -83,13 +83,13 @@ def _decode(value, job: Path):
 def _run(command: list[str], name: str, job: Path) -> None:
     """Run ``command`` with this package importable, echoing its Python output; raise if it fails.
 
-    TensorFlow writes its native log lines to the file descriptor, not ``sys.stderr``: they go to
-    ``<job>/native.log``.
+    The child inherits ``TF_FORCE_GPU_ALLOW_GROWTH``, set when the helpers were imported, so it can
+    share a GPU with this process. TensorFlow writes its native log lines to the file descriptor,
+    not ``sys.stderr``: they go to ``<job>/native.log``.
     """
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # share a GPU with this process (__init__)
     log = job / "native.log"
     with open(log, "wb") as native_log:
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=native_log, env=env)
