@@ -18,12 +18,16 @@ ImageNet's terms, research and teaching only)::
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+from tqdm.auto import tqdm
 
+from . import uap
+from .checks import check_int, settings_from
 from .config import ENV_NATURAL_DIR
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -208,35 +212,30 @@ def iter_folder(
 def uap_in_chunks(
     model,
     images,
+    settings: uap.UAPSettings | None = None,
     *,
-    xi: float,
     eval_images,
     chunk: int = 1000,
-    norm=2,
-    eps: float = 0.005,
-    target: int | None = None,
-    seed: int = 0,
-    mode: str = "faithful",
     progress: bool = True,
+    **options,
 ) -> tuple:
     """One pass (i_max = 1) over natural images, chunk by chunk, each chunk warm-starting from the
     last.
 
     ``images`` is an array (N, H, W, C), split into chunks of ``chunk`` images in random order,
-    or an iterable of such arrays (e.g. :func:`iter_folder`, for 100,000 photos). ``progress``
-    shows one progress bar over the chunks. Returns the final :class:`~helpers.uap.UAPResult` and
-    a DataFrame of R_f (R_s) on ``eval_images`` after each chunk (how the rate grows with the
-    number of photos seen; paper 001 reports only the final UAPs).
+    or an iterable of such arrays (e.g. :func:`iter_folder`, for 100,000 photos). ``settings``: a
+    :class:`~helpers.uap.UAPSettings` with the size as ``xi`` (that of the medical images), or its
+    fields as keywords; its ``i_max`` is set to 1, and chunk k is passed over with seed + k.
+    ``progress`` shows one progress bar over the chunks. Returns the final
+    :class:`~helpers.uap.UAPResult` and a DataFrame of R_f (R_s) on ``eval_images`` after each
+    chunk (how the rate grows with the number of photos seen; paper 001 reports only the final
+    UAPs).
     """
-    from tqdm.auto import tqdm
-
-    from . import uap
-
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk!r}: at least one image per chunk.")
+    settings = replace(settings_from(uap.UAPSettings, settings, options, "uap_in_chunks"), i_max=1)
+    check_int("chunk", chunk, 1, "images per chunk")
     chunks, total = images, None
     if isinstance(images, np.ndarray):
-        order = np.random.default_rng(seed).permutation(len(images))
+        order = np.random.default_rng(settings.seed).permutation(len(images))
         chunks = (images[order[i : i + chunk]] for i in range(0, len(images), chunk))
         total = -(-len(images) // chunk)
     perturbation, rows, result, used = None, [], None, 0
@@ -246,15 +245,9 @@ def uap_in_chunks(
         result = uap.universal_perturbation(
             model,
             part,
-            xi=xi,
-            norm=norm,
-            eps=eps,
-            i_max=1,
-            target=target,
-            mode=mode,
+            replace(settings, seed=settings.seed + number),
             init=perturbation,
             eval_images=eval_images,
-            seed=seed + number,
             progress=False,
         )
         perturbation, used = result.perturbation, used + len(part)

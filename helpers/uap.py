@@ -20,16 +20,21 @@ Sizes: ``xi = zeta x`` the mean L_p norm of the attack images as stored (all cha
 
 from __future__ import annotations
 
+import hashlib
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from . import costs, metrics
-from .models import check_images, is_multilabel, predict_labels
+from .checks import check_choice, check_fraction, check_int, check_positive, settings_from
+from .config import cache_dir, save_npz_once
+from .models import check_images, is_multilabel, predict_labels, weights_digest
 
 NORMS = {"2": 2, "l2": 2, 2: 2, "inf": np.inf, "linf": np.inf, np.inf: np.inf}
 
@@ -101,6 +106,82 @@ def random_perturbation(
 def apply(images, perturbation) -> np.ndarray:
     """Adversarial images: ``clip(images + perturbation, 0, 1)``."""
     return np.clip(np.asarray(images, dtype=np.float32) + perturbation, 0.0, 1.0)
+
+
+MODES = ("faithful", "batched")
+
+
+@dataclass(frozen=True)
+class UAPSettings:
+    """How a UAP is made (paper 000), checked once when created.
+
+    The size is ``zeta`` (a fraction of the mean L_p norm of the images, paper 000: 2-6 %) or
+    ``xi`` (an absolute radius): give exactly one. ``norm`` and ``step_norm`` are kept as "2" or
+    "inf". Functions that take settings also accept these names as keywords, e.g.
+    ``universal_perturbation(model, images, zeta=0.04, norm=2)``.
+    """
+
+    zeta: float | None = None
+    xi: float | None = None
+    norm: str = "2"  # the UAP's ball: 2 or inf
+    eps: float = 0.005  # FGSM step strength, in image units (pixel values in [0, 1])
+    step_norm: str = "inf"  # the FGSM step: inf (a sign step, ART's default, paper 000) or 2
+    i_max: int = 15  # at most this many passes over the images (paper 000: 15)
+    target: int | None = None  # the class to push images to; None: non-targeted
+    mode: str = "faithful"  # "faithful" (image by image) or "batched"
+    batch_size: int = 32  # images per update in the batched mode
+    stop_at: float | None = None  # stop once R_f (R_s) on the attack images reaches this
+    seed: int = 0  # the order of the passes
+
+    def __post_init__(self):
+        if (self.zeta is None) == (self.xi is None):
+            raise ValueError(
+                "give exactly one of zeta (a fraction of the mean image norm) and xi (an absolute "
+                "radius)."
+            )
+        if self.zeta is not None:
+            check_positive("zeta", self.zeta, "a fraction of the mean image norm, e.g. 0.04")
+        if self.xi is not None:
+            check_positive("xi", self.xi, "the radius of the L_p ball")
+        object.__setattr__(self, "norm", norm_name(self.norm))
+        object.__setattr__(self, "step_norm", norm_name(self.step_norm))
+        check_positive("eps", self.eps, "the FGSM step strength, e.g. 0.005")
+        check_int("i_max", self.i_max, 1, "make at least one pass over the images")
+        if self.target is not None:
+            check_int("target", self.target, 0, "a class index, or None for non-targeted")
+        check_choice("mode", self.mode, MODES)
+        check_int("batch_size", self.batch_size, 1, "images per update")
+        if self.stop_at is not None:
+            check_fraction("stop_at", self.stop_at, "a rate", zero=False)
+        check_int("seed", self.seed, 0)
+
+    @property
+    def kind(self) -> str:
+        """ "nt" (non-targeted) or "t<class>", as in cache keys."""
+        return "nt" if self.target is None else f"t{self.target}"
+
+    def key(
+        self,
+        model_key: str,
+        n_images: int,
+        xi: float,
+        *,
+        source: str,
+        digests: dict,
+    ) -> str:
+        """Cache key of a UAP: the model's key and the settings, readable, then the digests.
+
+        ``xi``: the radius the size came to; ``digests``: short digests by letter, e.g.
+        ``{"w": weights, "x": images, "i": warm start, "e": evaluation images}`` (None: left out).
+        """
+        batch = f"{self.batch_size}" if self.mode == "batched" else ""
+        stop = "" if self.stop_at is None else f"-stop{self.stop_at:g}"
+        tail = "-".join(f"{letter}{value}" for letter, value in digests.items() if value)
+        return (
+            f"{model_key}--uap-{self.kind}-p{self.norm}-zeta{self.zeta:g}-xi{xi:.8g}"
+            f"-eps{self.eps:g}-step{self.step_norm}-imax{self.i_max}{stop}-{self.mode}{batch}"
+            f"-{source}{n_images}-seed{self.seed}--{tail}"
+        )
 
 
 @dataclass
@@ -253,7 +334,9 @@ def _ends_in_softmax(model) -> bool:
     return getattr(getattr(last, "activation", None), "__name__", "") == "softmax"
 
 
-def _validate(model, images, target, eps, i_max, mode, batch_size):
+def _validate(model, images, target):
+    """The images as float32, and the number of classes; a ValueError for a model or images the
+    attack cannot use, or a target outside the classes."""
     if is_multilabel(model):
         raise ValueError(
             "universal_perturbation: the model is multi-label (sigmoid outputs); UAPs here attack "
@@ -273,21 +356,11 @@ def _validate(model, images, target, eps, i_max, mode, batch_size):
     images = check_images(images, model)
     if len(images) == 0:
         raise ValueError("images is empty: give at least one image to build the UAP from.")
-    if target is not None and not (
-        isinstance(target, (int, np.integer)) and 0 <= target < n_classes
-    ):
+    if target is not None and not target < n_classes:
         raise ValueError(
             f"target={target!r}: choose a class index in [0, {n_classes}), or None for "
             "non-targeted."
         )
-    if not eps > 0:
-        raise ValueError(f"eps={eps!r}: the FGSM step strength must be positive.")
-    if i_max < 1:
-        raise ValueError(f"i_max={i_max!r}: make at least one pass over the images.")
-    if mode not in ("faithful", "batched"):
-        raise ValueError(f"mode={mode!r}: choose 'faithful' or 'batched'.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: must be at least 1.")
     return images, n_classes
 
 
@@ -303,127 +376,114 @@ def _rate(model, images, perturbation, reference, target) -> float:
 def universal_perturbation(
     model,
     images,
+    settings: UAPSettings | None = None,
     *,
-    zeta: float | None = None,
-    xi: float | None = None,
-    norm=2,
-    eps: float = 0.005,
-    i_max: int = 15,
-    target: int | None = None,
-    mode: str = "faithful",
-    batch_size: int = 32,
-    step_norm=np.inf,
-    stop_at: float | None = None,
     init: np.ndarray | None = None,
     eval_images=None,
-    seed: int = 0,
     progress: bool = True,
+    **options,
 ) -> UAPResult:
     """Compute a UAP against ``model`` from ``images`` (N, H, W, C) in [0, 1].
 
     The model must end in a softmax with one unit per class (its outputs are probabilities).
 
     Args:
-        zeta: size as a fraction of the mean L_p norm of ``images`` (or give ``xi`` directly).
-        norm: 2 or np.inf ("2"/"inf").
-        eps: FGSM step strength, in image units (pixel values in [0, 1]).
-        step_norm: the FGSM step's norm: inf (a sign step, ART's FGSM default, as in paper 000) or
-            2.
-        i_max: at most this many passes over the images (paper 000: 15).
-        target: the class to push images to; None for a non-targeted UAP.
-        mode: "faithful" (image by image) or "batched" (``batch_size`` images per update).
-        stop_at: stop once R_f (R_s) on ``images`` reaches this (ART: 1 - delta).
-        init: a perturbation to start from (warm start) instead of zero.
+        settings: a :class:`UAPSettings`; or give its fields as keywords (``options``), e.g.
+            ``zeta=0.04, norm=2, eps=0.005, i_max=15, target=None, mode="faithful"``. Keywords
+            given with ``settings`` replace its fields.
+        init: a perturbation (H, W, C) to start from (warm start) instead of zero.
         eval_images: other images on which R_f (R_s) is also recorded after each pass.
-        seed: the order of the passes.
     Returns:
         a :class:`UAPResult`; R_f compares with the model's clean predictions (paper 000).
     """
-    images, n_classes = _validate(model, images, target, eps, i_max, mode, batch_size)
-    norm_value = parse_norm(norm)
-    if (zeta is None) == (xi is None):
-        raise ValueError(
-            "give exactly one of zeta (a fraction of the mean image norm) and xi (an absolute "
-            "radius)."
-        )
-    xi = xi_from_zeta(images, zeta, norm) if zeta is not None else float(xi)
-    if not xi > 0:
-        raise ValueError(f"xi={xi!r}: the radius must be positive.")
+    settings = settings_from(UAPSettings, settings, options, "universal_perturbation")
+    images, n_classes = _validate(model, images, settings.target)
+    xi = (
+        settings.xi
+        if settings.xi is not None
+        else xi_from_zeta(images, settings.zeta, settings.norm)
+    )
     clean = predict_labels(model, images)
-    goals = np.full(len(images), target, np.int32) if target is not None else clean.astype(np.int32)
-    eval_clean = (
-        None
-        if eval_images is None
-        else predict_labels(model, check_images(eval_images, model, "eval_images"))
-    )
-    if init is not None and np.shape(init) != images.shape[1:]:
-        raise ValueError(
-            f"init has shape {np.shape(init)}; a perturbation of one image {images.shape[1:]} is "
-            "needed."
-        )
-    rho = tf.Variable(
-        np.zeros(images.shape[1:], np.float32)
-        if init is None
-        else project(np.asarray(init, np.float32), xi, norm_value).astype(np.float32),
-        trainable=False,
-    )
+    goals = clean if settings.target is None else np.full(len(images), settings.target)
+    if eval_images is not None:
+        eval_clean = predict_labels(model, check_images(eval_images, model, "eval_images"))
+    rho = tf.Variable(_start(init, images.shape[1:], xi, settings.norm), trainable=False)
     result = UAPResult(
         np.zeros(images.shape[1:], np.float32),
-        norm_name(norm),
+        settings.norm,
         xi,
-        float(eps),
-        target,
-        mode,
-        zeta=zeta,
+        float(settings.eps),
+        settings.target,
+        settings.mode,
+        zeta=settings.zeta,
     )
-    step, one_pass = _compiled(model, n_classes)
-    flags = (
-        tf.constant(norm_value == np.inf),
-        tf.constant(parse_norm(step_norm) == np.inf),
-        tf.constant(target is not None),
-    )
-    rng = np.random.default_rng(seed)
+    run_pass = _pass_runner(model, n_classes, settings, xi)
+    rng = np.random.default_rng(settings.seed)
     start = time.perf_counter()
-    from tqdm.auto import tqdm
-
+    rate_name = "R_f" if settings.target is None else "R_s"
     bar = tqdm(
-        range(i_max), desc=f"UAP ({mode}, p={norm_name(norm)})", unit="pass", disable=not progress
+        range(settings.i_max),
+        desc=f"UAP ({settings.mode}, p={settings.norm})",
+        unit="pass",
+        disable=not progress,
     )
     for _ in bar:
         order = rng.permutation(len(images))
-        x, g = tf.constant(images[order]), tf.constant(goals[order])
-        if mode == "faithful":
-            rho.assign(
-                one_pass(
-                    rho, x, g, tf.constant(eps, tf.float32), tf.constant(xi, tf.float32), *flags
-                )
-            )
-        else:
-            for i in range(0, len(images), batch_size):
-                new, _ = step(
-                    rho,
-                    x[i : i + batch_size],
-                    g[i : i + batch_size],
-                    tf.constant(eps, tf.float32),
-                    tf.constant(xi, tf.float32),
-                    *flags,
-                )
-                rho.assign(new)
+        run_pass(rho, images[order], goals[order].astype(np.int32))
         # per image: two predictions and the FGSM step's
         costs.count(model, "forward", 3 * len(images))
         costs.count(model, "backward", len(images))
         perturbation = rho.numpy()
-        result.rates.append(_rate(model, images, perturbation, clean, target))
+        result.rates.append(_rate(model, images, perturbation, clean, settings.target))
         if eval_images is not None:
-            result.eval_rates.append(_rate(model, eval_images, perturbation, eval_clean, target))
+            result.eval_rates.append(
+                _rate(model, eval_images, perturbation, eval_clean, settings.target)
+            )
         result.passes += 1
-        bar.set_postfix({"R_s" if target is not None else "R_f": f"{result.rates[-1]:.3f}"})
-        if stop_at is not None and result.rates[-1] >= stop_at:
+        bar.set_postfix({rate_name: f"{result.rates[-1]:.3f}"})
+        if settings.stop_at is not None and result.rates[-1] >= settings.stop_at:
             break
     bar.close()
     result.perturbation = rho.numpy()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _start(init, shape, xi: float, norm) -> np.ndarray:
+    """The first rho: zero, or the warm start ``init`` projected onto the ball."""
+    if init is None:
+        return np.zeros(shape, np.float32)
+    if np.shape(init) != shape:
+        raise ValueError(
+            f"init has shape {np.shape(init)}; a perturbation of one image {shape} is needed."
+        )
+    return project(np.asarray(init, np.float32), xi, norm).astype(np.float32)
+
+
+def _pass_runner(model, n_classes: int, settings: UAPSettings, xi: float):
+    """``run_pass(rho, images, goals)``: one pass over the images in the given order, updating the
+    variable ``rho`` image by image (faithful) or ``settings.batch_size`` images at a time."""
+    step, one_pass = _compiled(model, n_classes)
+    constants = (
+        tf.constant(settings.eps, tf.float32),
+        tf.constant(xi, tf.float32),
+        tf.constant(settings.norm == "inf"),
+        tf.constant(settings.step_norm == "inf"),
+        tf.constant(settings.target is not None),
+    )
+
+    def run_pass(rho: tf.Variable, images: np.ndarray, goals: np.ndarray) -> None:
+        x, g = tf.constant(images), tf.constant(goals)
+        if settings.mode == "faithful":
+            rho.assign(one_pass(rho, x, g, *constants))
+            return
+        for i in range(0, len(images), settings.batch_size):
+            new, _ = step(
+                rho, x[i : i + settings.batch_size], g[i : i + settings.batch_size], *constants
+            )
+            rho.assign(new)
+
+    return run_pass
 
 
 def evaluate(model, images, perturbation, target: int | None = None, labels=None) -> dict:
@@ -462,57 +522,15 @@ def headline_rate(scores: dict, target: int | None = None) -> float:
 
 def array_digest(array) -> str:
     """A short hex digest (sha1, 12 characters) of an array's float32 values and shape."""
-    import hashlib
-
     values = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
     digest = hashlib.sha1(str(values.shape).encode())
     digest.update(values.tobytes())
     return digest.hexdigest()[:12]
 
 
-def uap_key(
-    model_key: str,
-    n_images: int,
-    *,
-    zeta,
-    norm,
-    eps,
-    i_max,
-    target,
-    mode,
-    seed,
-    source: str = "train",
-    xi: float,
-    images_digest: str,
-    weights_digest: str,
-    step_norm=np.inf,
-    batch_size: int = 32,
-    stop_at: float | None = None,
-    init_digest: str | None = None,
-    eval_digest: str | None = None,
-) -> str:
-    """Cache key of a UAP: the model's key and the settings, readable, then the digests.
-
-    The digests are of the model's weights (``models.weights_digest``), of the attack images,
-    and of the warm start ``init`` and the ``eval_images`` when given (:func:`array_digest`).
-    """
-    kind = "nt" if target is None else f"t{target}"
-    batch = f"{batch_size}" if mode == "batched" else ""
-    stop = "" if stop_at is None else f"-stop{stop_at:g}"
-    digests = f"w{weights_digest}-x{images_digest}"
-    digests += "" if init_digest is None else f"-i{init_digest}"
-    digests += "" if eval_digest is None else f"-e{eval_digest}"
-    return (
-        f"{model_key}--uap-{kind}-p{norm_name(norm)}-zeta{zeta:g}-xi{xi:.8g}-eps{eps:g}-step{norm_name(step_norm)}"
-        f"-imax{i_max}{stop}-{mode}{batch}-{source}{n_images}-seed{seed}--{digests}"
-    )
-
-
 def save_uap(result: UAPResult, path) -> bool:
     """Write a UAP (npz: perturbation + settings + per-pass rates); an existing file is kept
     (False)."""
-    from .config import save_npz_once
-
     return save_npz_once(
         path,
         perturbation=result.perturbation,
@@ -553,77 +571,45 @@ def cached_uap(
     model,
     model_key: str,
     images,
+    settings: UAPSettings | None = None,
     *,
-    zeta: float,
-    norm=2,
-    eps: float = 0.005,
-    i_max: int = 15,
-    target: int | None = None,
-    mode: str = "faithful",
-    seed: int = 0,
     source: str = "train",
     norm_images=None,
-    step_norm=np.inf,
-    batch_size: int = 32,
-    stop_at: float | None = None,
     init: np.ndarray | None = None,
     eval_images=None,
     cache=None,
     progress: bool = True,
+    **options,
 ) -> UAPResult:
     """:func:`universal_perturbation`, saved in the course cache and reloaded by later runs.
 
-    ``norm_images``: the images whose mean L_p norm sets xi = zeta x mean norm (default: ``images``;
-    for UAPs made from natural images, the medical images, as in paper 001). ``source`` names the
-    attack set in the file name. The key also holds digests of the model's weights and of the
-    images, so a retrained model or another attack set of the same size is never served a stale UAP.
+    The size must be a ``zeta``: xi = zeta x the mean L_p norm of ``norm_images`` (default:
+    ``images``; for UAPs made from natural images, the medical images, as in paper 001).
+    ``source`` names the attack set in the file name. The key (:meth:`UAPSettings.key`) also holds
+    digests of the model's weights and of the images, so a retrained model or another attack set of
+    the same size is never served a stale UAP.
     """
-    from pathlib import Path
-    from .config import cache_dir
-    from .models import weights_digest
-
-    xi = xi_from_zeta(images if norm_images is None else norm_images, zeta, norm)
-    key = uap_key(
-        model_key,
-        len(images),
-        zeta=zeta,
-        norm=norm,
-        eps=eps,
-        i_max=i_max,
-        target=target,
-        mode=mode,
-        seed=seed,
-        source=source,
-        xi=xi,
-        images_digest=array_digest(images),
-        weights_digest=weights_digest(model),
-        step_norm=step_norm,
-        batch_size=batch_size,
-        stop_at=stop_at,
-        init_digest=None if init is None else array_digest(init),
-        eval_digest=None if eval_images is None else array_digest(eval_images),
-    )
+    settings = settings_from(UAPSettings, settings, options, "cached_uap")
+    xi = xi_from_zeta(images if norm_images is None else norm_images, settings.zeta, settings.norm)
+    digests = {
+        "w": weights_digest(model),
+        "x": array_digest(images),
+        "i": None if init is None else array_digest(init),
+        "e": None if eval_images is None else array_digest(eval_images),
+    }
+    key = settings.key(model_key, len(images), xi, source=source, digests=digests)
     path = Path(cache or cache_dir("uaps")) / f"{key}.npz"
     if path.exists():
         return load_uap(path)
     result = universal_perturbation(
         model,
         images,
-        xi=xi,
-        norm=norm,
-        eps=eps,
-        i_max=i_max,
-        target=target,
-        mode=mode,
-        batch_size=batch_size,
-        step_norm=step_norm,
-        stop_at=stop_at,
+        replace(settings, zeta=None, xi=xi),
         init=init,
         eval_images=eval_images,
-        seed=seed,
         progress=progress,
     )
-    result.zeta = zeta
+    result.zeta = settings.zeta
     if not save_uap(result, path):  # another process saved the same UAP meanwhile: use its file
         return load_uap(path)
     return result

@@ -312,21 +312,22 @@ def test_init_outside_the_ball_is_projected_first(norm):
 # --------------------------------------------------------------------------- the cache
 
 
-def key_settings(**changes):
-    settings = dict(
-        zeta=0.04,
-        norm=2,
-        eps=0.01,
-        i_max=3,
-        target=None,
-        mode="batched",
-        seed=0,
-        source="train",
-        xi=0.5,
-        images_digest="a" * 12,
-        weights_digest="b" * 12,
+def uap_key(**changes):
+    """The cache key of a UAP with one setting, argument or digest changed."""
+    settings = dict(zeta=0.04, norm=2, eps=0.01, i_max=3, target=None, mode="batched", seed=0)
+    settings.update({k: v for k, v in changes.items() if k in settings or k in OTHER_SETTINGS})
+    digests = {"w": "b" * 12, "x": "a" * 12, "i": None, "e": None}
+    digests.update({k: v for k, v in changes.items() if k in digests})
+    return uap.UAPSettings(**settings).key(
+        "model-key",
+        100,
+        changes.get("xi", 0.5),
+        source=changes.get("source", "train"),
+        digests=digests,
     )
-    return {**settings, **changes}
+
+
+OTHER_SETTINGS = ("step_norm", "batch_size", "stop_at")
 
 
 @pytest.mark.parametrize(
@@ -341,21 +342,34 @@ def key_settings(**changes):
         {"seed": 1},
         {"source": "natural"},
         {"xi": 0.51},
-        {"images_digest": "c" * 12},
-        {"weights_digest": "d" * 12},
+        {"x": "c" * 12},
+        {"w": "d" * 12},
         {"step_norm": 2},
         {"batch_size": 64},
         {"stop_at": 0.9},
-        {"init_digest": "e" * 12},
-        {"eval_digest": "f" * 12},
+        {"i": "e" * 12},
+        {"e": "f" * 12},
     ],
     ids=lambda change: next(iter(change)),
 )
 def test_uap_key_changes_with_every_setting(change):
-    base = uap.uap_key("model-key", 100, **key_settings())
+    base = uap_key()
     assert base.startswith("model-key--uap-nt-p2-zeta0.04-")
     assert base.endswith(f"--w{'b' * 12}-x{'a' * 12}")  # readable settings first, digests last
-    assert uap.uap_key("model-key", 100, **key_settings(**change)) != base
+    assert uap_key(**change) != base
+
+
+def test_settings_are_checked_once_and_accepted_as_keywords():
+    settings = uap.UAPSettings(zeta=0.04, norm=np.inf, eps=0.01)
+    assert (settings.norm, settings.step_norm, settings.kind) == ("inf", "inf", "nt")
+    with pytest.raises(ValueError, match="exactly one of zeta"):
+        uap.UAPSettings()
+    with pytest.raises(ValueError, match="stop_at=1.5"):
+        uap.UAPSettings(zeta=0.04, stop_at=1.5)
+    with pytest.raises(ValueError, match="unknown setting.*epsilon.*the settings of UAPSettings"):
+        uap.universal_perturbation(None, None, zeta=0.04, epsilon=0.1)
+    with pytest.raises(ValueError, match="settings is a dict"):
+        uap.universal_perturbation(None, None, {"zeta": 0.04})
 
 
 def test_cached_uap_tells_apart_attack_sets_of_the_same_size(tmp_path):
