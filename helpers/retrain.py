@@ -14,7 +14,6 @@ run continues after its last finished round, and nothing earlier is overwritten.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -23,8 +22,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from . import uap
+from .checks import check_int, check_positive, settings_from
 from .config import cache_dir, publish_folder
 from .data import draw_distinct
 from .models import weights_digest
@@ -49,37 +50,87 @@ class RetrainingRun:
         return self.adv_preds[-1]
 
 
-def run_key(
-    model_key: str,
-    *,
-    zeta: float,
-    norm,
-    target,
-    eps: float,
-    uaps_per_round: int,
-    epochs: int,
-    attack_images: int,
-    i_max: int,
-    eval_images: int,
-    batch_size: int,
-    seed: int,
-    learning_rate: float | None = None,
-    weights: str = "",
-    mode: str = "faithful",
-) -> str:
-    """Cache folder name of a run: the model's key plus every setting that changes a round.
+@dataclass(frozen=True)
+class RetrainSettings:
+    """The settings of one retraining run, checked once when created.
 
-    ``weights`` is :func:`~helpers.models.weights_digest` of the starting model, so a model trained
-    again under the same key starts a new run instead of resuming another model's.
+    The UAPs: ``zeta`` (their size, a fraction of the mean image norm), ``norm``, ``target`` (a
+    class for targeted UAPs, R_s is recorded; None: non-targeted, R_f), ``eps``, ``i_max`` and
+    ``mode`` ("faithful", paper 000's algorithm, or "batched"), as in
+    :class:`~helpers.uap.UAPSettings`. Functions that take settings also accept these names as
+    keywords.
     """
-    kind = "nt" if target is None else f"t{target}"
-    rate = "" if learning_rate is None else f"-lr{learning_rate:g}"
-    digest = f"-w{weights}" if weights else ""
-    return (
-        f"{model_key}--retrain-{kind}-p{uap.norm_name(norm)}-zeta{zeta:g}-eps{eps:g}-imax{i_max}-{mode}"
-        f"-uaps{uaps_per_round}-epochs{epochs}{rate}-bs{batch_size}-imgs{attack_images}-eval{eval_images}"
-        f"-seed{seed}{digest}"
-    )
+
+    zeta: float | None = None
+    norm: str = "2"
+    target: int | None = None
+    eps: float = 0.01
+    i_max: int = 5
+    mode: str = "faithful"
+    rounds: int = 5  # paper 000: 5
+    uaps_per_round: int = 10  # paper 000: 10
+    epochs: int = 5  # fine-tuning epochs per round (paper 000: 5)
+    # training images each UAP is made from (fewer if the split is smaller), drawn from the split
+    # as stored: no image twice, even where training oversamples
+    attack_images: int = 500
+    eval_images: int | None = None  # test images the rates are measured on (None: all)
+    batch_size: int = 32  # of the fine-tuning (paper 000: 32)
+    # base rate of the extra epochs; paper 000 does not state it. None: chapter 1's schedule over
+    # them (base 1e-3, stepped down at 80 % and 90 % of the epochs)
+    learning_rate: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.zeta is None:
+            raise ValueError(
+                "zeta=None: give the UAPs' size as a fraction of the mean image norm, e.g. "
+                "zeta=0.02 (paper 000, targeted) or 0.04 (non-targeted)."
+            )
+        object.__setattr__(self, "norm", self.uap.norm)  # checks the UAP settings too
+        for name, hint in (
+            ("rounds", "paper 000: 5"),
+            ("uaps_per_round", "paper 000: 10"),
+            ("epochs", "paper 000: 5"),
+            ("attack_images", "e.g. 500"),
+            ("batch_size", "paper 000: 32"),
+        ):
+            check_int(name, getattr(self, name), 1, hint)
+        if self.eval_images is not None:
+            check_int("eval_images", self.eval_images, 1, "or None for every test image")
+        if self.learning_rate is not None:
+            check_positive(
+                "learning_rate",
+                self.learning_rate,
+                "e.g. 1e-4, or None for the training schedule of chapter 1 over the extra epochs",
+            )
+
+    @property
+    def uap(self) -> uap.UAPSettings:
+        """The settings of the round's UAPs (each gets its own seed)."""
+        return uap.UAPSettings(
+            zeta=self.zeta,
+            norm=self.norm,
+            eps=self.eps,
+            i_max=self.i_max,
+            target=self.target,
+            mode=self.mode,
+            seed=self.seed,
+        )
+
+    def key(self, model_key: str, n_attack: int, n_eval: int, weights: str = "") -> str:
+        """Cache folder name of a run: the model's key plus every setting that changes a round.
+
+        ``n_attack``, ``n_eval``: the attack and evaluation images actually used; ``weights``:
+        :func:`~helpers.models.weights_digest` of the starting model, so a model trained again under
+        the same key starts a new run instead of resuming another model's.
+        """
+        rate = "" if self.learning_rate is None else f"-lr{self.learning_rate:g}"
+        digest = f"-w{weights}" if weights else ""
+        return (
+            f"{model_key}--retrain-{self.uap.kind}-p{self.norm}-zeta{self.zeta:g}-eps{self.eps:g}"
+            f"-imax{self.i_max}-{self.mode}-uaps{self.uaps_per_round}-epochs{self.epochs}{rate}"
+            f"-bs{self.batch_size}-imgs{n_attack}-eval{n_eval}-seed{self.seed}{digest}"
+        )
 
 
 # --------------------------------------------------------------------------- the retraining set
@@ -156,31 +207,8 @@ def retraining_set(train, perturbations: list, seed: int = 0):
 # --------------------------------------------------------------------------- checks
 
 
-def _check_count(name: str, value, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(
-            f"{name}={value!r}: must be a positive integer; pass {name} >= 1 ({hint})."
-        )
-
-
-def _check(
-    trained,
-    splits,
-    *,
-    zeta,
-    norm,
-    target,
-    eps,
-    rounds,
-    uaps_per_round,
-    epochs,
-    attack_images,
-    i_max,
-    eval_images,
-    batch_size,
-    learning_rate,
-) -> None:
-    """Refuse settings the procedure cannot run with, naming the parameter and the fix."""
+def _check(trained, splits, target) -> None:
+    """Refuse a model, splits or target the run cannot use, naming the parameter and the fix."""
     if not (
         isinstance(getattr(trained, "model", None), keras.Model)
         and isinstance(getattr(trained, "key", None), str)
@@ -189,36 +217,6 @@ def _check(
             f"trained={type(trained).__name__}: pass the TrainedModel that training.get_or_train "
             "returns (its .model is retrained, its .key names the cache folder)."
         )
-    if learning_rate is not None and not (
-        isinstance(learning_rate, (int, float, np.floating))
-        and math.isfinite(learning_rate)
-        and learning_rate > 0
-    ):
-        raise ValueError(
-            f"learning_rate={learning_rate!r}: pass a positive rate, e.g. 1e-4, or None for the "
-            "training schedule of chapter 1 over the extra epochs."
-        )
-    for name, value, hint in (
-        ("rounds", rounds, "paper 000: 5"),
-        ("uaps_per_round", uaps_per_round, "paper 000: 10"),
-        ("epochs", epochs, "paper 000: 5"),
-        ("attack_images", attack_images, "e.g. 500"),
-        ("i_max", i_max, "paper 000: 15"),
-        ("batch_size", batch_size, "paper 000: 32"),
-    ):
-        _check_count(name, value, hint)
-    if eval_images is not None:
-        _check_count("eval_images", eval_images, "or None for every test image")
-    if not isinstance(zeta, (int, float, np.floating)) or not math.isfinite(zeta) or zeta <= 0:
-        raise ValueError(
-            f"zeta={zeta!r}: the UAP size is a positive fraction of the mean image norm; "
-            "pass e.g. zeta=0.02 (paper 000, targeted) or 0.04 (non-targeted)."
-        )
-    if not isinstance(eps, (int, float, np.floating)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(
-            f"eps={eps!r}: the FGSM step strength must be positive; pass e.g. eps=0.01."
-        )
-    uap.parse_norm(norm)
     missing = [part for part in ("train", "test") if part not in splits]
     if missing:
         raise ValueError(
@@ -226,11 +224,7 @@ def _check(
             "splits from data.load_for_scale (keys 'train', 'val', 'test')."
         )
     n_classes = int(trained.model.output_shape[-1])
-    if target is not None and (
-        isinstance(target, bool)
-        or not isinstance(target, (int, np.integer))
-        or not 0 <= target < n_classes
-    ):
+    if target is not None and not target < n_classes:
         raise ValueError(
             f"target={target!r}: pass a class index in [0, {n_classes}), or None for non-targeted "
             "UAPs."
@@ -243,41 +237,19 @@ def _check(
 def adversarial_retraining(
     trained,
     splits: dict,
+    settings: RetrainSettings | None = None,
     *,
-    zeta: float,
-    norm=2,
-    target: int | None = None,
-    eps: float = 0.01,
-    rounds: int = 5,
-    uaps_per_round: int = 10,
-    epochs: int = 5,
-    attack_images: int = 500,
-    i_max: int = 5,
-    eval_images: int | None = None,
-    batch_size: int = 32,
-    learning_rate: float | None = None,
-    mode: str = "faithful",
-    seed: int = 0,
     cache=None,
     progress: bool = True,
     own_process: bool = False,
+    **options,
 ) -> RetrainingRun:
     """Retrain ``trained`` (a :class:`~helpers.training.TrainedModel`) against UAPs, round by round.
 
     Args:
         splits: the model's train/val/test :class:`~helpers.data.MedDataset` splits; the model is
             fine-tuned on the whole training split.
-        zeta, norm, eps, i_max: the UAPs' size (fraction of the mean image norm), norm, FGSM step,
-            passes.
-        mode: how the UAPs are computed: "faithful" (paper 000's algorithm) or "batched" (the faster
-            variant).
-        target: a class for targeted UAPs (R_s is recorded), None for non-targeted (R_f).
-        rounds, uaps_per_round, epochs: paper 000: 5, 10, 5.
-        attack_images: training images each UAP is made from (fewer if the split is smaller), drawn
-            from the split as stored: no image twice, even where training oversamples.
-        eval_images: test images the rates are measured on (a seeded random subset; None: all).
-        learning_rate: the base rate of the extra epochs. Paper 000 does not state it; None runs
-            chapter 1's schedule over them (base 1e-3, stepped down at 80 % and 90 % of the epochs).
+        settings: a :class:`RetrainSettings`, or its fields as keywords (``zeta=0.04, rounds=5``).
         cache: the folder holding the runs (default: the course cache's ``retraining``).
         own_process: compute the rounds in a child Python process (:mod:`helpers.own_process`),
             which gives back the memory TensorFlow keeps after every fine-tuning; then load them.
@@ -285,110 +257,87 @@ def adversarial_retraining(
         a :class:`RetrainingRun`; round 0 of its table is the model before retraining. Calling again
         with more ``rounds`` reloads the finished rounds and computes only the new ones.
     """
-    locals_at_call = dict(locals())  # the arguments, for a call in a process of its own
-    _check(
-        trained,
-        splits,
-        zeta=zeta,
-        norm=norm,
-        target=target,
-        eps=eps,
-        rounds=rounds,
-        uaps_per_round=uaps_per_round,
-        epochs=epochs,
-        attack_images=attack_images,
-        i_max=i_max,
-        eval_images=eval_images,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-    )
+    settings = settings_from(RetrainSettings, settings, options, "adversarial_retraining")
+    _check(trained, splits, settings.target)
     train, test = splits["train"], splits["test"]
-    if eval_images is not None:
-        test = test.subset(np.random.default_rng(seed).permutation(len(test))[:eval_images])
-    attack, _ = draw_distinct(train, attack_images, np.random.default_rng(seed))
-    key = run_key(
-        trained.key,
-        zeta=zeta,
-        norm=norm,
-        target=target,
-        eps=eps,
-        uaps_per_round=uaps_per_round,
-        epochs=epochs,
-        attack_images=len(attack),
-        i_max=i_max,
-        eval_images=len(test),
-        batch_size=batch_size,
-        seed=seed,
-        learning_rate=learning_rate,
-        weights=weights_digest(trained.model),
-        mode=mode,
-    )
+    if settings.eval_images is not None:
+        order = np.random.default_rng(settings.seed).permutation(len(test))
+        test = test.subset(order[: settings.eval_images])
+    attack, _ = draw_distinct(train, settings.attack_images, np.random.default_rng(settings.seed))
+    key = settings.key(trained.key, len(attack), len(test), weights_digest(trained.model))
     folder = Path(cache or cache_dir("retraining")) / key
     folder.mkdir(parents=True, exist_ok=True)
     if own_process:
-        arguments = dict(locals_at_call, own_process=False)
-        before = [n for n in range(rounds + 1) if _is_complete(folder / f"round{n}")]
-        call_in_own_process(adversarial_retraining, **arguments)
-        run = adversarial_retraining(**dict(arguments, progress=False))
+        before = [n for n in range(settings.rounds + 1) if _is_complete(folder / f"round{n}")]
+        call_in_own_process(
+            adversarial_retraining, trained, splits, settings, cache=cache, progress=progress
+        )
+        run = adversarial_retraining(trained, splits, settings, cache=cache, progress=False)
         return replace(run, resumed_rounds=before)  # the child computed the others
-    settings = dict(
-        zeta=zeta, norm=norm, eps=eps, i_max=i_max, target=target, mode=mode, progress=False
+    rounds = _Rounds(trained.model, train, splits.get("val"), attack, test, settings)
+    for number in tqdm(range(settings.rounds + 1), desc="retraining rounds", disable=not progress):
+        rounds.load_or_run(folder / f"round{number}", number)
+    return RetrainingRun(
+        pd.DataFrame(rounds.rows),
+        folder,
+        rounds.final_model(),
+        rounds.adv_preds,
+        np.asarray(test.labels),
+        rounds.resumed,
     )
-    model, saved_model, rows, resumed, adv_preds = trained.model, None, [], [], []
-    from tqdm.auto import tqdm
 
-    for number in tqdm(range(rounds + 1), desc="retraining rounds", disable=not progress):
-        done = folder / f"round{number}"
-        if (done / "round.json").is_file():
+
+class _Rounds:
+    """The rounds of one run so far: loads finished rounds, computes the others in order."""
+
+    def __init__(self, model, train, val, attack, test, settings: RetrainSettings):
+        self.model, self.saved_model = model, None
+        self.train, self.val, self.attack, self.test = train, val, attack, test
+        self.settings = settings
+        self.rows, self.adv_preds, self.resumed = [], [], []
+
+    def load_or_run(self, done: Path, number: int) -> None:
+        if _is_complete(done):
             row, adv_pred = _load_round(done)
-            # loaded only if a later round needs it
-            saved_model = done / "model" if number > 0 else None
-            rows.append(row)
-            adv_preds.append(adv_pred)
-            resumed.append(number)
-            continue
-        if saved_model is not None:
-            model, saved_model = _load_model(saved_model), None
-        start = time.perf_counter()
+            # the model is loaded only if a later round needs it
+            self.saved_model = done / "model" if number > 0 else None
+            self.resumed.append(number)
+        else:
+            row, adv_pred = self.run(done, number)
+        self.rows.append(row)
+        self.adv_preds.append(adv_pred)
+
+    def run(self, done: Path, number: int) -> tuple[dict, np.ndarray]:
+        """Round ``number``: retrain (from round 1 on), then a fresh UAP and its rates; saved."""
+        if self.saved_model is not None:
+            self.model, self.saved_model = _load_model(self.saved_model), None
+        start, seed = time.perf_counter(), self.settings.seed + 1000 * number
         if number > 0:
-            model = _retrain_once(
-                model,
-                train,
-                attack,
-                splits.get("val"),
-                settings,
-                uaps_per_round,
-                epochs,
-                batch_size,
-                learning_rate,
-                seed + 1000 * number,
+            self.model = retrain_once(
+                self.model, self.train, self.attack, self.val, self.settings, seed
             )
         fresh = uap.universal_perturbation(
-            model, attack, seed=seed + 1000 * number + 999, **settings
+            self.model, self.attack, replace(self.settings.uap, seed=seed + 999), progress=False
         )
-        rate, scores = _evaluate_round(model, test, fresh, target)
-        row = _round_row(number, rate, scores, time.perf_counter() - start, train.info.n_classes)
-        adv_pred = scores["adv_pred"]
-        if not _save_round(done, model, row, fresh, adv_pred, with_model=number > 0):
-            # another process finished this round first: use its numbers
-            row, adv_pred = _load_round(done)
-        rows.append(row)
-        adv_preds.append(adv_pred)
-    if saved_model is not None:
-        model = _load_model(saved_model)
-    return RetrainingRun(
-        pd.DataFrame(rows), folder, model, adv_preds, np.asarray(test.labels), resumed
-    )
+        rate, scores = _evaluate_round(self.model, self.test, fresh, self.settings.target)
+        seconds = time.perf_counter() - start
+        row = _round_row(number, rate, scores, seconds, self.train.info.n_classes)
+        if not _save_round(done, self.model, row, fresh, scores["adv_pred"], number > 0):
+            return _load_round(done)  # another process finished this round first: use its numbers
+        return row, scores["adv_pred"]
+
+    def final_model(self) -> keras.Model:
+        return self.model if self.saved_model is None else _load_model(self.saved_model)
 
 
-def _retrain_once(
-    model, train, attack, val, settings, uaps_per_round, epochs, batch_size, learning_rate, seed
-):
-    """Steps (i)-(iii): UAPs against ``model``, the half-perturbed training set, fine-tuning a
-    copy."""
+def retrain_once(model, train, attack, val, settings: RetrainSettings, seed: int) -> keras.Model:
+    """Steps (i)-(iii) of a round: UAPs against ``model`` from ``attack``, the half-perturbed
+    training set, and a copy of ``model`` fine-tuned on it (``model`` itself is left as it is)."""
     perturbations = [
-        uap.universal_perturbation(model, attack, seed=seed + k, **settings).perturbation
-        for k in range(uaps_per_round)
+        uap.universal_perturbation(
+            model, attack, replace(settings.uap, seed=seed + k), progress=False
+        ).perturbation
+        for k in range(settings.uaps_per_round)
     ]
     mixed, _ = retraining_set(train, perturbations, seed)
     set_seed(seed)  # the copy's dropout seeds: the same whether resumed or not
@@ -399,10 +348,10 @@ def _retrain_once(
         copy,
         mixed,
         val,
-        epochs=epochs,
-        batch_size=batch_size,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
         seed=seed,
-        learning_rate=learning_rate,
+        learning_rate=settings.learning_rate,
         description="fine-tuning on UAP images",
     )
     return copy
