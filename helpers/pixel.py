@@ -39,16 +39,29 @@ The paper's tables of the results are in :mod:`helpers.pixel_tables`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
+from tqdm.auto import tqdm
 
 from . import costs
-from .models import check_images, compiled_forward, is_multilabel, predict_proba, weights_digest
+from .checks import check_fraction, check_int, settings_from
+from .config import cache_dir, save_npz_once
+from .models import (
+    check_images,
+    compiled_forward,
+    is_multilabel,
+    predict_labels,
+    predict_proba,
+    weights_digest,
+)
 from .pixel_tables import NORMAL, label_set_names
 
 MAX_PIXELS = 3  # the paper attacks with 1, 2 and 3 pixels
@@ -59,6 +72,7 @@ MIN_BATCH, MAX_BATCH = 32, 4096  # ... and between these many images
 
 __all__ = [
     "PixelAttackResult",
+    "PixelSettings",
     "pixel_attack",
     "random_pixels",
     "pixel_bounds",
@@ -76,7 +90,6 @@ __all__ = [
     "frequent_label_sets",
     "images_per_label_set",
     "prediction_text",
-    "attack_key",
     "save_result",
     "load_result",
     "cached_attack",
@@ -341,19 +354,74 @@ class PixelAttackResult:
         )
 
 
+#: Part of every cache key; changes whenever the search itself changes,
+#: so older results are not reused.
+SEARCH_VERSION = "de3"
+
+
+@dataclass(frozen=True)
+class PixelSettings:
+    """The k-pixel search of paper 004 (differential evolution), checked once when created.
+
+    Functions that take settings also accept these names as keywords, e.g.
+    ``pixel_attack(model, images, pixels=3, generations=50)``.
+    """
+
+    pixels: int = 1  # k, pixels changed per image: 1, 2 or 3
+    population: int = 100  # candidates per image (at least 4: a child needs three other parents)
+    generations: int = 100  # at most this many generations after the initial population
+    F: float = 0.5  # mutation factor, in (0, 2]
+    # an image stops once at least this fraction of its population, or of the children of a
+    # generation, succeeds (at least one); None: always run all generations
+    early_stop: float | None = 0.01
+    # with each image's own pixels, seeds that image's random stream (initial population, donors,
+    # redrawn values; :func:`image_streams`): an image's search does not depend on the others
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_pixels(self.pixels)
+        check_int(
+            "population",
+            self.population,
+            4,
+            "differential evolution needs at least 4 candidates: every child combines three "
+            "others; the paper uses 100",
+        )
+        check_int("generations", self.generations, 0, "the paper: 100")
+        if not (isinstance(self.F, (int, float, np.floating)) and 0 < self.F <= 2):
+            raise ValueError(
+                f"F={self.F!r}: the mutation factor must be in (0, 2] (the paper: 0.5)."
+            )
+        if self.early_stop is not None:
+            check_fraction("early_stop", self.early_stop, "of the population, or None")
+        check_int("seed", self.seed, 0)
+
+    def key(self, model_key: str, images, target=None, weights: str = "") -> str:
+        """Cache key of an attack: the model's key, the settings, a digest of the images, targets
+        and weights (:func:`~helpers.models.weights_digest`, so that a model trained again under
+        the same key is attacked anew)."""
+        digest = hashlib.sha1(np.ascontiguousarray(images, dtype=np.float32).tobytes())
+        if target is not None:
+            digest.update(np.ascontiguousarray(target, dtype=np.int64).tobytes())
+        digest.update(weights.encode())
+        kind = "untargeted" if target is None else "targeted"
+        stop = "none" if self.early_stop is None else f"{self.early_stop:g}"
+        return (
+            f"{model_key}--pixel{self.pixels}-{kind}-pop{self.population}-gen{self.generations}"
+            f"-F{self.F:g}-stop{stop}-seed{self.seed}-{SEARCH_VERSION}-{len(images)}img"
+            f"-{digest.hexdigest()[:12]}"
+        )
+
+
 def pixel_attack(
     model,
     images,
+    settings: PixelSettings | None = None,
     *,
-    pixels: int = 1,
     target=None,
-    population: int = 100,
-    generations: int = 100,
-    F: float = 0.5,
-    early_stop: float | None = 0.01,
-    seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    **options,
 ) -> PixelAttackResult:
     """The k-pixel attack of paper 004 by differential evolution, on all ``images`` at once.
 
@@ -361,53 +429,23 @@ def pixel_attack(
         model: a Keras classifier on images in [0, 1]: softmax (single-label) or sigmoid
             (multi-label).
         images: (N, H, W, C) floats in [0, 1], the model's input shape.
-        pixels: k, pixels changed per image: 1, 2 or 3.
+        settings: a :class:`PixelSettings`, or its fields as keywords (``pixels=3``).
         target: None (untargeted); single-label: a class or (N,) classes; multi-label: a 0/1
             label set (L,) or (N, L). An image already predicted as its target counts as a
             success at generation 0 (the paper attacks images of the other classes only).
-        population: candidates per image (at least 4: each child needs three other parents).
-        generations: at most this many DE generations after the initial population.
-        F: mutation factor, in (0, 2].
-        early_stop: an image stops once at least this fraction of its population, or of the
-            children of a generation, succeeds (at least one); None: always run all generations.
-        seed: with each image's own pixels, seeds that image's random stream (initial population,
-            donors, redrawn values; :func:`image_streams`), so an image's search does not depend on
-            the other images in the call.
         batch_size: candidate images per model call; None: :func:`default_batch_size` of the
             image shape. It bounds memory only: the random draws do not depend on it, but
             TensorFlow's kernels may round a model output differently for another batch shape
             (last float32 digits), which can tip a search between two nearly equal candidates.
         progress: show a progress bar over the generations.
     """
-    _check_pixels(pixels)
-    _check_count(
-        "population",
-        population,
-        4,
-        "differential evolution needs at least 4 candidates (every "
-        "child combines three others; the paper uses 100).",
-    )
-    _check_count(
-        "generations", generations, 0, "give a number of generations >= 0 (the paper: 100)."
-    )
-    if not (isinstance(F, (int, float, np.floating)) and 0 < F <= 2):
-        raise ValueError(f"F={F!r}: the mutation factor must be in (0, 2] (the paper: 0.5).")
-    if early_stop is not None and not (
-        isinstance(early_stop, (int, float, np.floating)) and 0 <= early_stop <= 1
-    ):
-        raise ValueError(
-            f"early_stop={early_stop!r}: give a fraction in [0, 1] of the population, or None."
-        )
+    settings = settings_from(PixelSettings, settings, options, "pixel_attack")
     return _run(
         model,
         images,
-        pixels,
         target,
-        population,
-        generations,
-        F,
-        early_stop,
-        seed,
+        settings,
+        settings.population,
         batch_size,
         progress,
         method="differential evolution",
@@ -429,38 +467,35 @@ def random_pixels(
     ``tries`` random candidates per image (default 1); the fittest one is kept (a successful one
     first). Success is judged as in :func:`pixel_attack`. Arguments as there.
     """
-    _check_pixels(pixels)
-    _check_count("tries", tries, 1, "give at least 1 random candidate per image.")
-    return _run(
-        model,
-        images,
-        pixels,
-        target,
-        tries,
-        0,
-        0.5,
-        None,
-        seed,
-        batch_size,
-        False,
-        method="random pixels",
-    )
+    draws = PixelSettings(pixels=pixels, generations=0, early_stop=None, seed=seed)
+    check_int("tries", tries, 1, "random candidates per image")
+    return _run(model, images, target, draws, tries, batch_size, False, method="random pixels")
+
+
+@dataclass(frozen=True)
+class _Goal:
+    """What a candidate is scored against: the clean predictions (untargeted) or the targets."""
+
+    reference: np.ndarray  # (N,) classes or (N, L) 0/1 sets
+    targeted: bool
+    multilabel: bool
+
+    def __getitem__(self, index) -> _Goal:
+        return _Goal(self.reference[index], self.targeted, self.multilabel)
+
+    def fitness(self, outputs) -> np.ndarray:
+        return fitness(outputs, self.reference, targeted=self.targeted, multilabel=self.multilabel)
+
+    def is_success(self, outputs) -> np.ndarray:
+        return is_success(
+            outputs, self.reference, targeted=self.targeted, multilabel=self.multilabel
+        )
 
 
 def _run(
-    model,
-    images,
-    pixels,
-    target,
-    population,
-    generations,
-    F,
-    early_stop,
-    seed,
-    batch_size,
-    progress,
-    method,
+    model, images, target, settings: PixelSettings, population, batch_size, progress, method
 ) -> PixelAttackResult:
+    """The search of ``settings`` with ``population`` candidates per image, then the result."""
     start = time.perf_counter()
     multilabel = is_multilabel(model)
     images = check_images(images, model)
@@ -470,32 +505,17 @@ def _run(
     target = _check_target(target, multilabel, len(images), int(model.output_shape[-1]))
     clean = predict_proba(model, images, batch_size)
     original = (clean > GAMMA).astype(np.uint8) if multilabel else clean.argmax(axis=1)
-    reference = original if target is None else target
-    best_pixels, gens = _evolve(
-        model,
-        images,
-        pixels,
-        reference,
-        target is not None,
-        multilabel,
-        population,
-        generations,
-        F,
-        early_stop,
-        seed,
-        batch_size,
-        progress,
-    )
+    goal = _Goal(original if target is None else target, target is not None, multilabel)
+    best_pixels, gens = _evolve(model, images, goal, settings, population, batch_size, progress)
     adversarial = apply_pixels(images, best_pixels[:, None])[:, 0]
     final_proba = predict_proba(model, adversarial, batch_size)
     final = (final_proba > GAMMA).astype(np.uint8) if multilabel else final_proba.argmax(axis=1)
-    success = is_success(final_proba, reference, targeted=target is not None, multilabel=multilabel)
     applied = best_pixels.copy()
     applied[..., 0] = np.clip(np.floor(applied[..., 0]), 0, images.shape[2] - 1)
     applied[..., 1] = np.clip(np.floor(applied[..., 1]), 0, images.shape[1] - 1)
     return PixelAttackResult(
         adversarial=adversarial,
-        success=success,
+        success=goal.is_success(final_proba),
         original=original,
         final=final,
         original_confidence=_confidence(clean, original, multilabel),
@@ -512,47 +532,37 @@ def _run(
     )
 
 
-def _evolve(
-    model,
-    images,
-    pixels,
-    reference,
-    targeted,
-    multilabel,
-    population,
-    generations,
-    F,
-    early_stop,
-    seed,
-    batch_size,
-    progress,
-):
+def _evolve(model, images, goal: _Goal, settings: PixelSettings, population, batch_size, progress):
     """The DE loop; returns the chosen candidate per image (N, k, 2 + C) and generations run
     (N,)."""
-    from tqdm.auto import tqdm
-
-    streams = image_streams(images, seed)
+    pixels, early_stop = settings.pixels, settings.early_stop
+    streams = image_streams(images, settings.seed)
     n = len(images)
     lower, upper = pixel_bounds(images.shape[1:], pixels)
     pop = random_population(streams, n, population, images.shape[1:], pixels)
-    scores, wins = _evaluate(model, images, pop, reference, targeted, multilabel, batch_size)
+    scores, wins = _evaluate(model, images, pop, goal, batch_size)
     done = _stopped(wins, early_stop)
     gens = np.zeros(n, dtype=np.int64)
     rescued = np.zeros(n, dtype=bool)  # stopped by a successful child that lost its selection
     rescued_pixels = pop[:, 0].copy()  # ... that child, (N, k, 2 + C)
     with tqdm(
-        total=generations, desc=f"{pixels}-pixel attack", disable=not progress, leave=False
+        total=settings.generations, desc=f"{pixels}-pixel attack", disable=not progress, leave=False
     ) as bar:
-        for _ in range(generations):
+        for _ in range(settings.generations):
             active = np.flatnonzero(~done)
             if active.size == 0:
                 break
             running = [streams[a] for a in active]
             children = mutate(
-                running, pop[active], F, draw_donors(running, active.size, population), lower, upper
+                running,
+                pop[active],
+                settings.F,
+                draw_donors(running, active.size, population),
+                lower,
+                upper,
             )
             child_scores, child_wins = _evaluate(
-                model, images[active], children, reference[active], targeted, multilabel, batch_size
+                model, images[active], children, goal[active], batch_size
             )
             pop[active], scores[active], replaced = select(
                 pop[active], scores[active], children, child_scores
@@ -578,7 +588,7 @@ def _evolve(
     return chosen, gens
 
 
-def _evaluate(model, images, population, reference, targeted, multilabel, batch_size):
+def _evaluate(model, images, population, goal: _Goal, batch_size):
     """Scores and successes (A, P) of the candidates (A, P, k, 2 + C): one chunked model call.
 
     Each chunk is one copy of its images (``batch_size`` of them), painted in place.
@@ -593,10 +603,7 @@ def _evaluate(model, images, population, reference, targeted, multilabel, batch_
         _paint(batch, flat[part])
         outputs.append(_forward(model)(batch))
     outputs = np.concatenate(outputs).reshape(n, size, -1)
-    return (
-        fitness(outputs, reference, targeted=targeted, multilabel=multilabel),
-        is_success(outputs, reference, targeted=targeted, multilabel=multilabel),
-    )
+    return goal.fitness(outputs), goal.is_success(outputs)
 
 
 def _stopped(wins, early_stop) -> np.ndarray:
@@ -611,8 +618,6 @@ def _stopped(wins, early_stop) -> np.ndarray:
 def _forward(model):
     """The model's compiled inference pass on unchecked candidate images (the search's hot path),
     counted: images -> NumPy outputs."""
-    import tensorflow as tf
-
     compiled = compiled_forward(model)
 
     def forward(x):
@@ -634,24 +639,15 @@ def default_batch_size(shape) -> int:
 def _batch_size(batch_size, shape) -> int:
     if batch_size is None:
         return default_batch_size(shape)
-    _check_count(
-        "batch_size",
-        batch_size,
-        1,
-        "give a positive number of images per model call, or None (chosen from the image size).",
+    return check_int(
+        "batch_size", batch_size, 1, "images per model call, or None: chosen from the image size"
     )
-    return int(batch_size)
 
 
 def _confidence(proba, predicted, multilabel) -> np.ndarray:
     if multilabel:
         return cosine_similarity(predicted, proba)
     return proba[np.arange(len(proba)), predicted]
-
-
-def _check_count(name: str, value, minimum: int, why: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r}: {why}")
 
 
 def _check_pixels(pixels) -> None:
@@ -709,7 +705,7 @@ def _check_target_set(values, n: int, n_findings: int) -> np.ndarray:
 
 
 def _check_per(name: str, value) -> None:
-    _check_count(name, value, 1, "give at least 1 image per group (the paper: 100).")
+    check_int(name, value, 1, "images per group; the paper: 100")
 
 
 def images_per_class(
@@ -721,8 +717,6 @@ def images_per_class(
     ``classes``: the classes to draw from (default: all). Images are drawn at random (seeded).
     A class with fewer correctly classified images gives fewer (the paper marks such rows).
     """
-    from .models import predict_labels
-
     if dataset.info.multilabel:
         raise ValueError(
             f"images_per_class: {dataset.info.key!r} is multi-label; use images_per_label_set."
@@ -754,7 +748,7 @@ def frequent_label_sets(labels, count: int = 5) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels has shape {labels.shape}; expected (N, L) 0/1 label sets.")
-    _check_count("count", count, 1, "ask for at least 1 label set.")
+    check_int("count", count, 1, "label sets")
     sets, frequency = np.unique(labels.astype(np.uint8), axis=0, return_counts=True)
     order = np.lexsort((np.arange(len(sets)), -frequency))  # by frequency, ties in a fixed order
     return sets[order[:count]]
@@ -838,48 +832,8 @@ _ARRAYS = (
 )
 
 
-#: Part of every cache key; changes whenever the search itself changes,
-#: so older results are not reused.
-SEARCH_VERSION = "de3"
-
-
-def attack_key(
-    model_key: str,
-    images,
-    *,
-    pixels: int,
-    target=None,
-    population: int = 100,
-    generations: int = 100,
-    F: float = 0.5,
-    early_stop: float | None = 0.01,
-    seed: int = 0,
-    weights: str = "",
-) -> str:
-    """Cache key of a pixel attack: the model's key, the settings, a digest of the images, targets
-    and weights.
-
-    ``weights``: :func:`~helpers.models.weights_digest` of the model, so that a model trained again
-    under the same key is attacked anew.
-    """
-    import hashlib
-
-    digest = hashlib.sha1(np.ascontiguousarray(images, dtype=np.float32).tobytes())
-    if target is not None:
-        digest.update(np.ascontiguousarray(target, dtype=np.int64).tobytes())
-    digest.update(weights.encode())
-    kind = "untargeted" if target is None else "targeted"
-    stop = "none" if early_stop is None else f"{early_stop:g}"
-    return (
-        f"{model_key}--pixel{pixels}-{kind}-pop{population}-gen{generations}-F{F:g}-stop{stop}"
-        f"-seed{seed}-{SEARCH_VERSION}-{len(images)}img-{digest.hexdigest()[:12]}"
-    )
-
-
 def save_result(result: PixelAttackResult, path) -> bool:
     """Write a pixel attack's result (npz); an existing file is never overwritten (False)."""
-    from .config import save_npz_once
-
     extra = {} if result.target is None else {"target": result.target}
     return save_npz_once(
         path,
@@ -907,41 +861,29 @@ def cached_attack(
     model,
     model_key: str,
     images,
+    settings: PixelSettings | None = None,
     *,
-    pixels: int = 1,
     target=None,
-    population: int = 100,
-    generations: int = 100,
-    F: float = 0.5,
-    early_stop: float | None = 0.01,
-    seed: int = 0,
     cache=None,
-    **kwargs,
+    batch_size: int | None = None,
+    progress: bool = True,
+    **options,
 ) -> PixelAttackResult:
     """:func:`pixel_attack`, saved in the course cache (``pixel_attacks``) and reloaded by later
     runs.
 
-    ``model_key`` names the trained model (``TrainedModel.key``); the key also covers the images,
-    targets and every DE setting, so a changed setting computes a new attack.
+    ``model_key`` names the trained model (``TrainedModel.key``); the key
+    (:meth:`PixelSettings.key`) also covers the images, targets and every DE setting, so a changed
+    setting computes a new attack.
     """
-    from pathlib import Path
-
-    from .config import cache_dir
-
-    settings = dict(
-        pixels=pixels,
-        target=target,
-        population=population,
-        generations=generations,
-        F=F,
-        early_stop=early_stop,
-        seed=seed,
-    )
-    key = attack_key(model_key, images, **settings, weights=weights_digest(model))
+    settings = settings_from(PixelSettings, settings, options, "cached_attack")
+    key = settings.key(model_key, images, target, weights_digest(model))
     path = Path(cache or cache_dir("pixel_attacks")) / f"{key}.npz"
     if path.exists():
         return load_result(path)
-    result = pixel_attack(model, images, **settings, **kwargs)
+    result = pixel_attack(
+        model, images, settings, target=target, batch_size=batch_size, progress=progress
+    )
     # another process saved the same attack meanwhile: use its file
     if not save_result(result, path):
         return load_result(path)
