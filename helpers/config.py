@@ -1,9 +1,11 @@
-"""Course-wide settings: repository URL, cache folder, environment variables."""
+"""Course-wide settings: repository URL, release, environment variables.
+
+The cache folder and how entries are written: :mod:`helpers.cache`.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 #: Where the course lives; the chapters' "Open in Colab" links and install cells point here.
@@ -18,17 +20,6 @@ ENV_CACHE_DIR = "COURSE_CACHE_DIR"  # models, UAPs, downloaded data, results
 ENV_MEDMNIST_DIR = "MEDMNIST_DIR"  # folder(s) of MedMNIST npz files, ':'-separated
 ENV_RECORDS_DIR = "COURSE_RECORDS_DIR"  # where chapters write their key numbers
 ENV_NATURAL_DIR = "NATURAL_IMAGES_DIR"  # folder of natural photos for chapter 4 (paper 001)
-
-
-def cache_dir(*parts: str) -> Path:
-    """Return (and create) a folder under the course cache.
-
-    The cache is ``$COURSE_CACHE_DIR`` if set, else ``~/.cache/medattack``.
-    """
-    root = Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "medattack")
-    path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def colab_url(notebook: str) -> str:
@@ -65,63 +56,6 @@ def install_cell() -> str:
 def in_colab() -> bool:
     """True when running inside Google Colab."""
     return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules
-
-
-def save_npz_once(path, **arrays) -> bool:
-    """Write ``arrays`` to the npz file ``path`` atomically, unless it exists; return True if
-    written.
-
-    An existing file is never overwritten: when two processes compute the same entry at once,
-    the first writer wins and the other one's arrays are dropped (False), so both can go on
-    with the saved file. The arrays are written to a temporary file first, then linked to
-    ``path`` in one step that fails if ``path`` appeared meanwhile.
-    """
-    import numpy as np
-
-    path = Path(path)
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part.npz")
-    os.close(fd)
-    try:
-        np.savez(partial, **arrays)
-        return _link_once(Path(partial), path)
-    finally:
-        Path(partial).unlink(missing_ok=True)
-
-
-def _link_once(source: Path, path: Path) -> bool:
-    """Give ``source``'s content the name ``path`` unless ``path`` exists; True if it did."""
-    try:
-        os.link(source, path)  # atomic: fails if another writer was first
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # a file system without hard links
-        if path.exists():
-            return False
-        os.replace(source, path)
-        return True
-
-
-def publish_folder(staging: Path, folder: Path, keep_if) -> bool:
-    """Rename the finished ``staging`` folder to ``folder``; True if it was.
-
-    The rename fails when another process put ``folder`` there meanwhile: then, if
-    ``keep_if(folder)`` (e.g. the entry is complete), that folder is kept and ``staging`` deleted
-    (False); otherwise the error is raised.
-    """
-    import shutil
-
-    try:
-        staging.rename(folder)
-        return True
-    except OSError:
-        if not keep_if(folder):
-            raise
-        shutil.rmtree(staging)
-        return False
 
 
 def write_chapter_links(chapters_dir: Path | None = None) -> list[Path]:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ENV_MEDMNIST_DIR, cache_dir
+from .cache import cache_dir
+from .config import ENV_MEDMNIST_DIR
 from .scales import as_preset
 from .synthetic import CLASS_PROPORTIONS, FINDING_PREVALENCE, synthetic_arrays
 

@@ -304,16 +304,6 @@ def predict_labels(
     return probs.argmax(axis=1)
 
 
-def weights_digest(model: keras.Model) -> str:
-    """A short hex digest of the model's weights: changes whenever the model is trained further."""
-    import hashlib
-
-    digest = hashlib.sha1()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-    return digest.hexdigest()[:12]
-
-
 def is_multilabel(model: keras.Model) -> bool:
     """True when the model's last layer is a sigmoid (one unit per finding)."""
     activation = getattr(model.layers[-1], "activation", None)

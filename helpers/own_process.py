@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import costs
-from .config import cache_dir
+from .cache import cache_dir
 from .data import MedDataset
 
 

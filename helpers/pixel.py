@@ -53,14 +53,13 @@ from tqdm.auto import tqdm
 
 from . import costs
 from .checks import check_fraction, check_int, settings_from
-from .config import cache_dir, save_npz_once
+from .cache import cache_dir, save_npz_once, weights_digest
 from .models import (
     check_images,
     compiled_forward,
     is_multilabel,
     predict_labels,
     predict_proba,
-    weights_digest,
 )
 from .pixel_tables import NORMAL, label_set_names
 
@@ -398,7 +397,7 @@ class PixelSettings:
 
     def key(self, model_key: str, images, target=None, weights: str = "") -> str:
         """Cache key of an attack: the model's key, the settings, a digest of the images, targets
-        and weights (:func:`~helpers.models.weights_digest`, so that a model trained again under
+        and weights (:func:`~helpers.cache.weights_digest`, so that a model trained again under
         the same key is attacked anew)."""
         digest = hashlib.sha1(np.ascontiguousarray(images, dtype=np.float32).tobytes())
         if target is not None:

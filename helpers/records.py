@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from . import costs
-from .config import ENV_RECORDS_DIR, cache_dir
+from .cache import cache_dir
+from .config import ENV_RECORDS_DIR
 
 Value = float | int | bool | str
 

@@ -26,9 +26,8 @@ from tqdm.auto import tqdm
 
 from . import uap
 from .checks import check_int, check_positive, settings_from
-from .config import cache_dir, publish_folder
+from .cache import cache_dir, publish_folder, weights_digest
 from .data import draw_distinct
-from .models import weights_digest
 from .own_process import call as call_in_own_process
 from .training import fit, save_trained, set_seed
 
@@ -121,7 +120,7 @@ class RetrainSettings:
         """Cache folder name of a run: the model's key plus every setting that changes a round.
 
         ``n_attack``, ``n_eval``: the attack and evaluation images actually used; ``weights``:
-        :func:`~helpers.models.weights_digest` of the starting model, so a model trained again under
+        :func:`~helpers.cache.weights_digest` of the starting model, so a model trained again under
         the same key starts a new run instead of resuming another model's.
         """
         rate = "" if self.learning_rate is None else f"-lr{self.learning_rate:g}"

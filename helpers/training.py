@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import costs
-from .config import cache_dir, publish_folder
+from .cache import cache_dir, publish_folder
 from .data import MedDataset
 from .models import WeightsUnavailableError, get_architecture, model_for
 from .own_process import call as call_in_own_process

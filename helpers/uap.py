@@ -20,7 +20,6 @@ Sizes: ``xi = zeta x`` the mean L_p norm of the attack images as stored (all cha
 
 from __future__ import annotations
 
-import hashlib
 import time
 import weakref
 from dataclasses import dataclass, field, replace
@@ -33,8 +32,8 @@ from tqdm.auto import tqdm
 
 from . import costs, metrics
 from .checks import check_choice, check_fraction, check_int, check_positive, settings_from
-from .config import cache_dir, save_npz_once
-from .models import check_images, is_multilabel, predict_labels, weights_digest
+from .cache import array_digest, cache_dir, save_npz_once, weights_digest
+from .models import check_images, is_multilabel, predict_labels
 
 NORMS = {"2": 2, "l2": 2, 2: 2, "inf": np.inf, "linf": np.inf, np.inf: np.inf}
 
@@ -518,14 +517,6 @@ def headline_rate(scores: dict, target: int | None = None) -> float:
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def array_digest(array) -> str:
-    """A short hex digest (sha1, 12 characters) of an array's float32 values and shape."""
-    values = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
-    digest = hashlib.sha1(str(values.shape).encode())
-    digest.update(values.tobytes())
-    return digest.hexdigest()[:12]
 
 
 def save_uap(result: UAPResult, path) -> bool:

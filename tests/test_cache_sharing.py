@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers.config import save_npz_once
+from helpers.cache import save_npz_once
 
 
 def _write_at(path: str, value: float, start: float) -> bool:

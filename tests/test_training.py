@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import config, data, training
+from helpers import cache, data, training
 from helpers.models import WeightsUnavailableError, build_model, predict_labels, predict_proba
 from helpers.scales import get_preset
 from helpers.training import augmenter, fit, get_or_train, learning_rate_at, model_key
@@ -512,7 +512,7 @@ def test_training_in_its_own_process_gives_the_same_model_and_counts_its_passes(
     assert "small_cnn" in shown  # the child's progress bar is shown here ...
     assert "absl::InitializeLog" not in shown and "cudart_stub" not in shown  # ... not TF's logs
     assert [p.name for p in (tmp_path / "own").iterdir()] == [trained.key]
-    assert not list(config.cache_dir().glob(".own-process-*"))  # no job folder left
+    assert not list(cache.cache_dir().glob(".own-process-*"))  # no job folder left
 
 
 def test_training_in_its_own_process_reports_the_childs_error(tmp_path, monkeypatch):
@@ -525,4 +525,4 @@ def test_training_in_its_own_process_reports_the_childs_error(tmp_path, monkeypa
             tiny_splits(), "small_cnn", TINY, cache=tmp_path / "m", verbose=False, own_process=True
         )
     assert not (tmp_path / "m").exists()  # no model
-    assert not list(config.cache_dir().glob(".own-process-*"))  # no job folder left
+    assert not list(cache.cache_dir().glob(".own-process-*"))  # no job folder left
