@@ -47,13 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
 from . import costs
-from .checks import check_fraction, check_int, settings_from
 from .cache import cache_dir, save_npz_once, weights_digest
+from .checks import check_fraction, check_int, settings_from
 from .models import (
     check_images,
     compiled_forward,
@@ -89,6 +88,8 @@ __all__ = [
     "frequent_label_sets",
     "images_per_label_set",
     "prediction_text",
+    "Successes",
+    "pick_successes",
     "save_result",
     "load_result",
     "cached_attack",
@@ -796,6 +797,35 @@ def images_per_label_set(
             match &= np.all(predicted == wanted, axis=1)
         out[name] = np.sort(rng.permutation(np.flatnonzero(match))[:per_set])
     return out
+
+
+@dataclass
+class Successes:
+    """Successful attacks to show: for the pixel count ``k`` with the most successes, up to
+    ``limit`` of them as (attack name, result, index into that result), attacks taking turns."""
+
+    k: int
+    wins: int  # successful images with k pixels, over all attacks
+    attempts: int  # images attacked with k pixels
+    picked: list
+
+
+def pick_successes(results: dict, pixel_counts, limit: int = 4) -> Successes:
+    """The k of ``pixel_counts`` with the most successes in ``results`` {(attack, k): result} (the
+    smallest k on a tie) and up to ``limit`` of its successful images, attacks taking turns."""
+    by_k = {k: [(a, r) for (a, kk), r in results.items() if kk == k] for k in pixel_counts}
+    wins = {k: sum(int(r.success.sum()) for _, r in runs) for k, runs in by_k.items()}
+    k = max(pixel_counts, key=lambda k: (wins[k], -k))
+    turns = sorted(
+        (
+            (rank, attack, result, int(i))
+            for attack, result in by_k[k]
+            for rank, i in enumerate(np.flatnonzero(result.success))
+        ),
+        key=lambda t: t[0],
+    )[:limit]
+    attempts = sum(len(r.success) for _, r in by_k[k])
+    return Successes(k, wins[k], attempts, [(a, r, i) for _, a, r, i in turns])
 
 
 def prediction_text(

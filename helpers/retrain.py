@@ -25,8 +25,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import uap
-from .checks import check_int, check_positive, settings_from
 from .cache import cache_dir, publish_folder, weights_digest
+from .checks import check_int, check_positive, settings_from
 from .data import draw_distinct
 from .own_process import call as call_in_own_process
 from .training import fit, save_trained, set_seed

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -31,8 +31,8 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from . import costs, metrics
-from .checks import check_choice, check_fraction, check_int, check_positive, settings_from
 from .cache import array_digest, cache_dir, save_npz_once, weights_digest
+from .checks import check_choice, check_fraction, check_int, check_positive, settings_from
 from .models import check_images, is_multilabel, predict_labels
 
 NORMS = {"2": 2, "l2": 2, 2: 2, "inf": np.inf, "linf": np.inf, np.inf: np.inf}

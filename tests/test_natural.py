@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 from PIL import Image
+from toy_models import brightness_model, flat
 
 from helpers import natural
-from toy_models import brightness_model, flat
 
 
 @pytest.fixture

@@ -934,3 +934,25 @@ def test_the_random_control_is_the_searchs_own_starting_population(toy):
     )
     assert control.success.any() and np.all(search.success[control.success])
     np.testing.assert_array_equal(search.generations[control.success], 0)  # stopped at its start
+
+
+def test_pick_successes_takes_the_k_with_most_wins_and_alternates_attacks():
+    from types import SimpleNamespace
+
+    def result(*success):
+        return SimpleNamespace(success=np.array(success, bool))
+
+    results = {
+        ("a", 1): result(1, 0, 0),
+        ("b", 1): result(0, 0, 0),
+        ("a", 3): result(1, 1, 1),
+        ("b", 3): result(0, 1, 0, 1),
+    }
+    found = pixel.pick_successes(results, (1, 3), limit=4)
+    assert (found.k, found.wins, found.attempts) == (3, 5, 7)
+    # rank 0 of a, rank 0 of b, rank 1 of a, rank 1 of b
+    assert [(a, i) for a, _, i in found.picked] == [("a", 0), ("b", 1), ("a", 1), ("b", 3)]
+    tie = pixel.pick_successes({("a", 1): result(1), ("a", 2): result(1)}, (1, 2))
+    assert tie.k == 1  # the smaller k on a tie
+    none = pixel.pick_successes({("a", 1): result(0, 0)}, (1,))
+    assert (none.wins, none.attempts, none.picked) == (0, 2, [])

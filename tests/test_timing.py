@@ -12,10 +12,10 @@ import os
 
 import numpy as np
 import pytest
+from toy_models import brightness_model, flat
 
 from helpers import costs, data, pixel, timing, training, uap
 from helpers.scales import get_preset
-from toy_models import brightness_model, flat
 
 REHEARSAL = get_preset("gpu", rehearsal=True)
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import pytest
+from toy_models import brightness_model, flat
 
 from helpers import uap
 from helpers.models import build_model
-from toy_models import brightness_model, flat
 
 EPS = 0.01  # FGSM step strength: at 100 images and 3 passes the UAP fills its ball
 I_MAX = 3
