@@ -29,6 +29,8 @@ __all__ = [
     "training_curves",
     "image_grid",
     "class_balance",
+    "pixel_examples",
+    "transfer_heatmap",
     "figure_alt_text",
 ]
 ALT_TEXT_LIMIT = 400  # characters
@@ -371,6 +373,28 @@ def pixel_examples(
 
 
 # --------------------------------------------------------------------------- class balance
+
+
+def transfer_heatmap(
+    table: pd.DataFrame, title: str, rate: str = "R_f", cmap: str = "Reds"
+) -> Figure:
+    """A transferability matrix (rates in [0, 1]; rows: the model the UAP was made on, columns: the
+    model it is evaluated on, as :func:`helpers.vulnerability.transferability` returns) in %."""
+    if table.shape[0] == 0 or table.shape[1] == 0:
+        raise ValueError("table is empty: give vulnerability.transferability's rates.")
+    fig, ax = plt.subplots(figsize=(4 + table.shape[1], 2.5 + 0.5 * table.shape[0]))
+    sns.heatmap(
+        100 * table.astype(float),
+        annot=True,
+        fmt=".1f",
+        vmin=0,
+        vmax=100,
+        cmap=cmap,
+        ax=ax,
+        cbar_kws={"label": f"{rate} (%)"},
+    )
+    ax.set(title=title, xlabel="evaluated on", ylabel="UAP made on")
+    return fig
 
 
 def _balance_frame(counts: Mapping[str, Mapping[str, int]]) -> pd.DataFrame:

@@ -58,3 +58,15 @@ def uap_image_sets(splits: dict, preset, seed: int = 0, val: bool = False) -> Im
             for n, s in splits.items()
         }
     return sets
+
+
+def transfer_pool(splits: dict, trained: dict, name: str, preset, seed: int = 0) -> dict:
+    """The models to measure transferability between, label -> TrainedModel: every architecture of
+    ``preset``, or, with only one, that architecture trained with ``seed`` and with ``seed + 1``
+    (trained now if not in the cache)."""
+    pool = {arch: trained[name, arch] for arch in preset.architectures}
+    if len(pool) > 1:
+        return pool
+    main = preset.main_architecture
+    other = get_or_train(splits[name], main, preset, seed=seed + 1, verbose=False)
+    return {f"{main} (seed {seed})": trained[name, main], f"{main} (seed {seed + 1})": other}

@@ -232,3 +232,21 @@ def test_alt_text_names_the_title_and_every_panel():
     assert len(figure_alt_text(fig)) == 400 and figure_alt_text(fig).endswith("...")
     assert figure_alt_text(plt.figure()) == "A figure without title or axis labels"
     plt.close("all")
+
+
+def test_transfer_heatmap_in_percent_with_labels():
+    import pandas as pd
+
+    table = pd.DataFrame([[0.5, 0.25], [0.1, 1.0]], index=["A", "B"], columns=["A", "B"])
+    fig = plots.transfer_heatmap(table, "transfer", rate="R_s", cmap="Purples")
+    ax = fig.axes[0]
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (
+        "transfer",
+        "evaluated on",
+        "UAP made on",
+    )
+    assert [t.get_text() for t in ax.texts] == ["50.0", "25.0", "10.0", "100.0"]
+    assert fig.axes[1].get_ylabel() == "R_s (%)"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="table is empty"):
+        plots.transfer_heatmap(pd.DataFrame(), "empty")
