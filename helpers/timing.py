@@ -46,7 +46,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -384,7 +384,10 @@ def _chapter_03(preset: Preset, sizes: dict) -> list[Work]:
     dataset."""
     targets = {"derma": ["NV", "MEL"], "oct": ["NM", "CNV"], "pneumonia": ["NORMAL", "PNEUMONIA"]}
     zeta_of = {"derma": 0.02, "oct": 0.06, "pneumonia": 0.02}  # PAPER_ZETA
-    main, work = preset.main_architecture, []
+    main = preset.main_architecture
+    # "What changes in the loop": the readable loop's model(...) calls are not counted by
+    # helpers.costs; the helper's faithful pass is
+    work = [uap_passes(main, min(60, attack_count(sizes["pneumonia"], preset)), 1)]
     for name in UAP_DATASETS:
         s, zeta = sizes[name], zeta_of[name]
         n, e = attack_count(s, preset), eval_count(s, preset)
@@ -575,12 +578,21 @@ def _chapter_06(preset: Preset, sizes: dict) -> list[Work]:
 
 
 def _chapter_07(preset: Preset, sizes: dict) -> list[Work]:
-    """Chapter 7: three display UAPs, then adversarial retraining, non-targeted and targeted, per
-    dataset."""
+    """Chapter 7: three display UAPs and one round by hand, then adversarial retraining,
+    non-targeted and targeted, per dataset."""
     main = preset.main_architecture
     shown = min(200, sizes["pneumonia"].train)
     # "The retraining set" (faithful, 2 passes)
     work = [uap_passes(main, shown, 2) for _ in range(3)]
+    # "One round, by hand": one epoch on the shown images (no validation), a fresh UAP, two
+    # evaluations
+    by_hand = replace(sizes["pneumonia"], train=shown, val=0)
+    shown_test = eval_count(sizes["pneumonia"], preset)
+    work += [
+        training(main, 1, by_hand),
+        uap_passes(main, shown, 2),
+        evaluations(main, shown_test, 2),
+    ]
     for name in UAP_DATASETS:  # "Retraining, round by round"
         for kind in ("non-targeted", "targeted"):
             work.append(
