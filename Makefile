@@ -38,29 +38,29 @@ help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/'
 
 book: $(STAMP)  ## execute the chapters at SCALE and build the HTML book
-	$(PY) -m helpers.pipeline --scale $(SCALE)
+	$(PY) -m helpers.tools.pipeline --scale $(SCALE)
 
 test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest -q --durations=15
 
 rehearse: $(STAMP)  ## execute every chapter with SCALE's code paths, tiny budgets, random weights, synthetic data
-	COURSE_CACHE_DIR=$(REHEARSAL_DIR)/cache $(PY) -m helpers.pipeline --scale $(SCALE) --rehearsal --no-build \
+	COURSE_CACHE_DIR=$(REHEARSAL_DIR)/cache $(PY) -m helpers.tools.pipeline --scale $(SCALE) --rehearsal --no-build \
 	  --jobs 2 --book-dir $(REHEARSAL_DIR)/book
 	$(PY) -m helpers.timing --check $(REHEARSAL_DIR)/book/chapters --scale $(SCALE)
 
 regress: $(STAMP)  ## execute the chapters at SCALE from scratch and print their numbers against the references
-	$(PY) -m helpers.regression report --scale $(SCALE)
+	$(PY) -m helpers.tools.regression report --scale $(SCALE)
 
 references: $(STAMP)  ## measure the seed spread (5 seeds, with and without local data), re-derive the references
-	$(PY) -m helpers.regression derive --scale $(SCALE) --seeds 0 1 2 3 4
-	$(PY) -m helpers.regression derive --scale $(SCALE) --seeds 0 1 2 3 4 --no-local-data
-	$(PY) -m helpers.regression references --scale $(SCALE)
+	$(PY) -m helpers.tools.regression derive --scale $(SCALE) --seeds 0 1 2 3 4
+	$(PY) -m helpers.tools.regression derive --scale $(SCALE) --seeds 0 1 2 3 4 --no-local-data
+	$(PY) -m helpers.tools.regression references --scale $(SCALE)
 
 clean:  ## remove the built book, executed chapters and rehearsals (keeps the model cache)
 	rm -rf book/_build book/chapters build
 
 strip: $(STAMP)  ## clear outputs and execution counts from chapters/*.ipynb
-	$(PY) -c 'from helpers.pipeline import strip_notebooks; [print("stripped", p) for p in strip_notebooks()]'
+	$(PY) -c 'from helpers.tools.pipeline import strip_notebooks; [print("stripped", p) for p in strip_notebooks()]'
 
 venv: $(STAMP)  ## create .venv and install the course's requirements
 

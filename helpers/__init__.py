@@ -10,6 +10,7 @@ One module per idea, grown chapter by chapter:
 * :mod:`helpers.metrics`   - accuracy, confusion matrices, fooling and success rates
 * :mod:`helpers.plots`     - the figures of the chapters
 * :mod:`helpers.uap`       - universal adversarial perturbations (faithful and batched)
+* :mod:`helpers.victims`   - the UAP chapters' models and image sets
 * :mod:`helpers.vulnerability` - rates versus UAP size, random controls, transferability
 * :mod:`helpers.natural`   - natural photos as the attack set (paper 001)
 * :mod:`helpers.pixel`     - one- and few-pixel attacks by differential evolution (paper 004)
@@ -18,8 +19,10 @@ One module per idea, grown chapter by chapter:
 * :mod:`helpers.own_process` - a training or retraining run in a process of its own (``paper``)
 * :mod:`helpers.records`   - the key numbers each chapter records
 * :mod:`helpers.environment` - versions, GPU and weights, checked first by every chapter
-* :mod:`helpers.pipeline`  - papermill + Jupyter Book
-* :mod:`helpers.regression` - the chapters' numbers against references derived from a seed spread
+
+Behind them: :mod:`helpers.cache` (the course cache), :mod:`helpers.checks` (parameter checks),
+:mod:`helpers.costs` and :mod:`helpers.timing` (image passes and times), :mod:`helpers.config`,
+and :mod:`helpers.tools`, the pipeline and regression report that build and check the course.
 """
 
 import os as _os

@@ -98,10 +98,11 @@ def built_book(tmp_path_factory, real_medmnist_dir):
     """Execute every chapter at smoke into a temporary copy of the book and build the HTML.
 
     The chapter uses the real PneumoniaMNIST file when it is available, as `make book` does.
-    Returns :func:`helpers.pipeline.run`'s summary (``book_dir``, ``notebooks``, ``results``, ...).
+    Returns :func:`helpers.tools.pipeline.run`'s summary (``book_dir``, ``notebooks``,
+    ``results``, ...).
     """
     from helpers import config
-    from helpers.pipeline import run, toc_chapters
+    from helpers.tools.pipeline import run, toc_chapters
 
     work = tmp_path_factory.mktemp("book")
     with pytest.MonkeyPatch.context() as patch:

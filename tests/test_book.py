@@ -14,9 +14,9 @@ import nbformat
 import pytest
 
 from helpers import config
-from helpers.pipeline import toc_chapters
 from helpers.records import load_reference
-from helpers.regression import format_table, report_rows
+from helpers.tools.pipeline import toc_chapters
+from helpers.tools.regression import format_table, report_rows
 
 REPO = Path(__file__).resolve().parents[1]
 CHAPTER = "01_transfer_learning"
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.book]
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_chapter_numbers_match_the_reference(built_book, chapter):
-    """The regression report of ``python -m helpers.regression report`` for this chapter: no
+    """The regression report of ``python -m helpers.tools.regression report`` for this chapter: no
     FAIL."""
     results = json.loads(Path(built_book["results"][chapter]).read_text())
     rows = report_rows(results, load_reference(chapter, "smoke"))

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from helpers import config
-from helpers.regression import run_chapters
+from helpers.tools.regression import run_chapters
 
 pytestmark = [pytest.mark.slow, pytest.mark.book]
 CHAPTER = "06_multilabel_pixel_attacks"  # trains a model, draws images and runs the pixel attacks

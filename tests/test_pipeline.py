@@ -5,8 +5,8 @@ import json
 import nbformat
 import pytest
 
-from helpers import pipeline
-from helpers.pipeline import (
+from helpers.tools import pipeline
+from helpers.tools.pipeline import (
     BOOK_DIR,
     CHAPTERS_DIR,
     ChapterFailed,

@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 
-from helpers import regression
-from helpers.pipeline import toc_chapters
 from helpers.records import REFERENCES_DIR
+from helpers.tools import regression
+from helpers.tools.pipeline import toc_chapters
 
 REFERENCE = {
     "chapter": "02_uap_nontargeted",

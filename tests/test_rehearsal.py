@@ -20,8 +20,8 @@ import nbformat
 import pytest
 
 from helpers import config, timing
-from helpers.pipeline import run, toc_chapters
 from helpers.scales import get_preset
+from helpers.tools.pipeline import run, toc_chapters
 
 CHAPTERS = toc_chapters()
 SCALES = [

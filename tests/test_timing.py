@@ -2,7 +2,7 @@
 formulas, the check against a run's results files and the T4 cost model.
 
 ``COURSE_REHEARSAL_RESULTS=<book>/chapters`` also checks a finished rehearsal's results files
-(``python -m helpers.pipeline --scale gpu --rehearsal``, all chapters in one fresh cache).
+(``python -m helpers.tools.pipeline --scale gpu --rehearsal``, all chapters in one fresh cache).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ synthetic); a check's ``when`` picks the ones it applies to.
 
 Commands (``make regress`` runs the first)::
 
-    python -m helpers.regression report [--scale smoke] [--chapters 05 ...] [--results DIR]
-    python -m helpers.regression derive --seeds 0 1 2 3 4 [--no-local-data]
-    python -m helpers.regression references [--scale smoke]
+    python -m helpers.tools.regression report [--scale smoke] [--chapters 05 ...] [--results DIR]
+    python -m helpers.tools.regression derive --seeds 0 1 2 3 4 [--no-local-data]
+    python -m helpers.tools.regression references [--scale smoke]
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ENV_CACHE_DIR, ENV_MEDMNIST_DIR, ENV_NATURAL_DIR
+from ..config import ENV_CACHE_DIR, ENV_MEDMNIST_DIR, ENV_NATURAL_DIR
+from ..records import REFERENCES_DIR, _applies, _check_one, _is_number, load_reference, load_results
 from .pipeline import ChapterFailed, _environ, _select, run, toc_chapters
-from .records import REFERENCES_DIR, _applies, _check_one, _is_number, load_reference, load_results
 
 SIGMAS = 3  # a check covers mean +- SIGMAS standard deviations of the seeds
 MIN_SEEDS = 5  # a spread needs at least this many seeds
@@ -484,10 +484,10 @@ def untraceable(scale: str, folder: str | Path | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .scales import SCALES
+    from ..scales import SCALES
 
     parser = argparse.ArgumentParser(
-        prog="python -m helpers.regression", description=__doc__.split("\n\n")[0]
+        prog="python -m helpers.tools.regression", description=__doc__.split("\n\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser(

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m helpers.pipeline [--scale smoke] [--chapters 01_transfer_learning ...]
+    python -m helpers.tools.pipeline [--scale smoke] [--chapters 01_transfer_learning ...]
                                [--book-dir book] [--no-build] [--timeout S] [--jobs N] [--rehearsal]
 
 The chapters to run are the ``chapters/<name>`` entries of ``book/_toc.yml``. Each source
@@ -36,9 +36,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .scales import SCALES
+from ..scales import SCALES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BOOK_DIR = REPO / "book"
 CHAPTERS_DIR = REPO / "chapters"
 KERNEL_NAME = "python3"
@@ -622,7 +622,7 @@ def strip_notebooks(paths: Iterable[str | Path] | None = None) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m helpers.pipeline", description=__doc__.split("\n\n")[0]
+        prog="python -m helpers.tools.pipeline", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--scale", default="smoke", choices=SCALES)
     parser.add_argument(
