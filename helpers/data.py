@@ -9,6 +9,8 @@ C = 1 for greyscale and 3 for colour, a few at a time or all at once.
 Where the real data cannot be had (offline), :func:`load` can return a synthetic stand-in
 with the same shapes, classes and task type (see :mod:`helpers.synthetic`); such a dataset
 has ``synthetic=True`` and announces itself loudly.
+
+Introduced in chapter 1 (transfer learning).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 it stops with one clear sentence when a library is outside the versions the course supports, and,
 at the ``gpu`` and ``paper`` scales, when no GPU is attached or the ImageNet weights of the
 scale's main architecture cannot be fetched (those scales never fall back to random weights).
+
+Introduced in chapter 1 (transfer learning).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ Conventions
     class, with baseline ``R_s0`` (the same share among clean predictions).
 
 Bad inputs raise :class:`ValueError` with a message naming the parameter.
+
+Introduced in chapter 1 (transfer learning).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ the backbone's input size and the backbone's own ``preprocess_input`` are layers
 model, so that an attack perturbs the stored image space, as in the papers. The new head
 has one softmax unit per class (two units for binary tasks: ART's attacks need them) or one
 sigmoid per finding for multi-label data.
+
+Introduced in chapter 1 (transfer learning).
 """
 
 from __future__ import annotations

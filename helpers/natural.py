@@ -13,6 +13,8 @@ ImageNet's terms, research and teaching only)::
     !wget -q https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz
     !tar xzf imagenette2-160.tgz
     os.environ["NATURAL_IMAGES_DIR"] = "imagenette2-160/train"
+
+Introduced in chapter 4 (UAPs from natural images).
 """
 
 from __future__ import annotations

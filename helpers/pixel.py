@@ -35,6 +35,8 @@ Fitness (higher is fitter internally):
   from the clean one (untargeted) or equals the target set (targeted).
 
 The paper's tables of the results are in :mod:`helpers.pixel_tables`.
+
+Introduced in chapter 5 (pixel attacks).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ figure suptitle instead). Bad shapes raise :class:`ValueError` naming the parame
 Importing this module also gives every figure a notebook shows an alt text for screen readers
 (:func:`figure_alt_text`: its title, and each panel's title and axes), stored with the output; the
 book pipeline hands it to the rendered page.
+
+Introduced in chapter 1 (transfer learning).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ The regression tests compare such a file with ``tests/references/<chapter>.<scal
                                   "when": {"pneumonia/real_data": true}}}}
 
 A key may also map to a list of such checks, e.g. one for real and one for synthetic data.
+
+Introduced in chapter 1 (transfer learning).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ epochs on it; (iv) make a fresh UAP against the fine-tuned model; (v) record tha
 Every finished round is saved (model, fresh UAP, numbers) in its own folder under the course
 cache, written to a staging folder and renamed into place only when complete: an interrupted
 run continues after its last finished round, and nothing earlier is overwritten.
+
+Introduced in chapter 7 (adversarial retraining).
 """
 
 from __future__ import annotations

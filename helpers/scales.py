@@ -17,6 +17,8 @@ mode, pixel victim, every branch its chapters take - with the tiny budgets of
 :data:`REHEARSAL_BUDGETS`, random-initialised backbones and synthetic data, so that the
 ``gpu`` and ``paper`` paths can be executed on a CPU without the internet. Its numbers
 mean nothing; it exists to find what breaks before a reader does.
+
+Introduced in chapter 1 (transfer learning).
 """
 
 from __future__ import annotations

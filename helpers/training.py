@@ -6,6 +6,8 @@ rotations of +-5 degrees and random 5 % shifts; the skin-lesion set is oversampl
 :mod:`helpers.data`. A trained model is saved under a key made of dataset, data kind,
 size, architecture, weights, scale (with a hash of any overridden training setting) and
 seed, reloaded by later runs, and never overwritten.
+
+Introduced in chapter 1 (transfer learning).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ Two modes behind :func:`universal_perturbation`:
   steps of the batch summed before the projection - the fast mode for large sets and GPUs.
 
 Sizes: ``xi = zeta x`` the mean L_p norm of the attack images as stored (all channels).
+
+Introduced in chapter 2 (non-targeted UAPs).
 """
 
 from __future__ import annotations
