@@ -5,7 +5,9 @@ The cache folder and how entries are written: :mod:`helpers.cache`.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 #: Where the course lives; the chapters' "Open in Colab" links and install cells point here.
@@ -61,9 +63,6 @@ def in_colab() -> bool:
 def write_chapter_links(chapters_dir: Path | None = None) -> list[Path]:
     """Rewrite every chapter's Colab link and install cell from :data:`REPO_REF`; return the changed
     files."""
-    import json
-    import re
-
     folder = Path(chapters_dir or Path(__file__).resolve().parents[1] / "chapters")
     changed = []
     for path in sorted(folder.glob("*.ipynb")):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .cache import cache_dir
 from .config import ENV_MEDMNIST_DIR
@@ -423,8 +424,6 @@ def download(
 
 def _fetch(url: str, partial: Path, timeout: float, label: str) -> None:
     """Stream ``url`` into the file ``partial`` with a progress bar."""
-    from tqdm.auto import tqdm
-
     with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=label) as bar:

@@ -13,6 +13,11 @@ from __future__ import annotations
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
+from .scales import as_preset
+
+# TensorFlow and the models are imported only inside the functions that need them: the versions
+# must print, and a bad installation be named in one sentence, even where TensorFlow cannot load.
+
 #: Supported versions, [lowest, first unsupported): the course's requirements.txt says the same.
 SUPPORTED = {
     "tensorflow": ("2.16", "2.22"),
@@ -97,8 +102,6 @@ def check(scale, *, verbose: bool = True) -> dict:
 
     Returns ``{"versions": ..., "gpus": [...]}``.
     """
-    from .scales import as_preset
-
     preset = as_preset(scale, parameter="SCALE")
     found = versions()
     if verbose:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 
 from . import costs
@@ -271,8 +272,6 @@ def compiled_forward(model: keras.Model):
     alive.
     """
     if model not in _FORWARD:
-        import tensorflow as tf
-
         owner = weakref.ref(model)
         spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
         _FORWARD[model] = tf.function(lambda x: owner()(x, training=False), input_signature=[spec])
@@ -314,6 +313,7 @@ def is_multilabel(model: keras.Model) -> bool:
 
 def to_art_classifier(model: keras.Model, info=None):
     """Wrap a model as an ART ``TensorFlowV2Classifier`` on the [0, 1] image space."""
+    # ART takes seconds to import and only the comparisons with it need it
     from art.estimators.classification import TensorFlowV2Classifier
 
     multilabel = is_multilabel(model)

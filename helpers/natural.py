@@ -102,6 +102,7 @@ def load_folder(
 
 def skimage_photos() -> dict:
     """The photographs of :data:`SKIMAGE_PHOTOS` this scikit-image has (name: PIL image)."""
+    # scikit-image's sample data only where no folder of photos is given
     from skimage import data as skdata
 
     photos = {}

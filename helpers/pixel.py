@@ -121,8 +121,6 @@ def image_streams(images, seed: int = 0) -> list[np.random.Generator]:
     An image's search therefore depends only on the seed and on the image: not on its position,
     on the other images attacked in the same call, or on how the call is split into chunks.
     """
-    import hashlib
-
     streams = []
     for image in np.asarray(images, dtype=np.float32):
         digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()

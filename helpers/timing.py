@@ -54,6 +54,7 @@ import numpy as np
 from . import data
 from .models import get_architecture
 from .scales import SCALES, Preset, as_preset, get_preset
+from .synthetic import CLASS_PROPORTIONS
 
 CHAPTERS = (
     "01_transfer_learning",
@@ -122,8 +123,6 @@ def _label_only(info, split: str, counts) -> data.MedDataset:
 
 
 def _official_single_label(name: str, preset: Preset, seed: int) -> SplitSizes:
-    from .synthetic import CLASS_PROPORTIONS
-
     info, counts = data.get_info(name), CLASS_PROPORTIONS[name]
     splits = {
         "train": data._sample_train(_label_only(info, "train", counts["train"]), preset, seed),
@@ -733,6 +732,7 @@ def backbone_side(arch: str, preset: Preset) -> int:
 
 
 def _network(arch: str, side: int):
+    # Keras and TensorFlow only for the FLOP counts: the pass arithmetic and --check need neither
     import keras
 
     spec = get_architecture(arch)

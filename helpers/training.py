@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from . import costs
 from .cache import cache_dir, publish_folder
@@ -129,8 +130,6 @@ class TqdmEpochs(keras.callbacks.Callback):
         self.epochs, self.description, self.bar = epochs, description, None
 
     def on_train_begin(self, logs=None):
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(total=self.epochs, desc=self.description, unit="epoch")
 
     def on_epoch_end(self, epoch, logs=None):

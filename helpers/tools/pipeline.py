@@ -23,9 +23,11 @@ From Python (e.g. a test)::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -35,6 +37,10 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import nbformat
+import papermill
+import yaml
 
 from ..scales import SCALES
 
@@ -97,8 +103,6 @@ def toc_chapters(toc: str | Path = BOOK_DIR / "_toc.yml") -> list[str]:
     Markdown pages (an explicit ``.md`` suffix, or a ``<name>.md`` file next to the toc) are
     skipped.
     """
-    import yaml
-
     toc = Path(toc)
     names = []
     for entry in _toc_files(yaml.safe_load(toc.read_text())):
@@ -200,8 +204,6 @@ def _kernel_environment(records_dir: Path) -> dict[str, str]:
 def _failing_cell(notebook: Path) -> tuple[int | None, str] | None:
     """``(execution count, source)`` of the cell that failed (or was still running) in an executed
     notebook."""
-    import nbformat
-
     try:
         nb = nbformat.read(notebook, as_version=4)
     except Exception:  # noqa: BLE001 - no readable output notebook
@@ -273,8 +275,6 @@ def tidy_outputs(notebook: Path) -> int:
     and it hands the alt text of a cell's figures (stored by :mod:`helpers.plots`) to the book
     (myst-nb's cell-level ``image`` options: one alt text for the figures of a cell).
     """
-    import nbformat
-
     nb = nbformat.read(notebook, as_version=4)
     # their state: loads widget scripts from CDNs
     changed = int(nb.metadata.pop("widgets", None) is not None)
@@ -329,8 +329,6 @@ def scale_label(scale: str, parameters: dict | None = None) -> str:
 
 def executed_scale(notebook: Path) -> str | None:
     """The scale label an executed notebook was run with (papermill's metadata), or None."""
-    import nbformat
-
     try:
         parameters = nbformat.read(notebook, as_version=4).metadata["papermill"]["parameters"]
         return scale_label(parameters["SCALE"], parameters)
@@ -373,8 +371,6 @@ def execute_chapter(
     ``records_dir`` (default: the output's folder). ``timeout`` limits each cell, in seconds.
     ``parameters`` are injected too (e.g. ``{"SEED": 1}``).
     """
-    import papermill
-
     source, output = Path(source).resolve(), Path(output).resolve()
     name = source.stem
     records = Path(records_dir or output.parent).resolve()
@@ -443,9 +439,6 @@ def execute_all(
     if jobs == 1 or len(names) < 3:
         return [_execute_numbered(*task) for task in tasks]
     runs = [_execute_numbered(*tasks[0])]
-    import concurrent.futures
-    import multiprocessing
-
     with concurrent.futures.ProcessPoolExecutor(
         jobs, mp_context=multiprocessing.get_context("spawn")
     ) as pool:
@@ -601,8 +594,6 @@ def print_summary(summary: dict) -> None:
 def strip_notebooks(paths: Iterable[str | Path] | None = None) -> list[Path]:
     """Clear outputs and execution counts of notebooks (default: ``chapters/*.ipynb``); return those
     changed."""
-    import nbformat
-
     changed = []
     for path in map(Path, paths if paths is not None else sorted(CHAPTERS_DIR.glob("*.ipynb"))):
         nb = nbformat.read(path, as_version=4)

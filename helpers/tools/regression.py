@@ -39,10 +39,12 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from ..config import ENV_CACHE_DIR, ENV_MEDMNIST_DIR, ENV_NATURAL_DIR
 from ..records import REFERENCES_DIR, _applies, _check_one, _is_number, load_reference, load_results
+from ..scales import SCALES
 from .pipeline import ChapterFailed, _environ, _select, run, toc_chapters
 
 SIGMAS = 3  # a check covers mean +- SIGMAS standard deviations of the seeds
@@ -211,8 +213,6 @@ def summary(values: list) -> dict:
 
 def environment_description() -> dict:
     """Date, machine and library versions, for the spread file."""
-    from importlib.metadata import PackageNotFoundError, version
-
     versions = {"python": platform.python_version()}
     for name in VERSIONED:
         with contextlib.suppress(PackageNotFoundError):
@@ -484,8 +484,6 @@ def untraceable(scale: str, folder: str | Path | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..scales import SCALES
-
     parser = argparse.ArgumentParser(
         prog="python -m helpers.tools.regression", description=__doc__.split("\n\n")[0]
     )
