@@ -526,6 +526,7 @@ def _url_of(info: DatasetInfo, path: Path) -> str:
 # --------------------------------------------------------------------------- loading
 
 
+# More than eight parameters: each keyword is one way of finding the data, each with a default.
 def load(
     name: str,
     split: str = "train",

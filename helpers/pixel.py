@@ -886,6 +886,7 @@ def load_result(path) -> PixelAttackResult:
         )
 
 
+# More than eight parameters: those of pixel_attack, plus the model's key and the cache folder.
 def cached_attack(
     model,
     model_key: str,

@@ -275,6 +275,7 @@ def _train_model(dataset: str, arch: str, preset: Preset, sizes: SplitSizes, **m
     )
 
 
+# More than eight parameters: the fields of a UAP's cache key, so that shared UAPs count once.
 def _uap(
     dataset: str,
     arch: str,

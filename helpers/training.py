@@ -145,6 +145,7 @@ class TqdmEpochs(keras.callbacks.Callback):
         self.bar.close()
 
 
+# More than eight parameters: the protocol's knobs (paper 000), keywords with its defaults.
 def fit(
     model: keras.Model,
     train,
@@ -257,6 +258,8 @@ def model_key(
     return f"{dataset}-{kind}-{size}px-{architecture}-{weights or 'scratch'}-{tag}-seed{seed}"
 
 
+# More than eight parameters: what identifies a model (splits, architecture, preset, seed) and
+# keyword-only choices of how to get it, each with a default.
 def get_or_train(
     splits: dict,
     architecture: str,

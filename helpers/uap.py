@@ -399,29 +399,16 @@ def universal_perturbation(
     """
     settings = settings_from(UAPSettings, settings, options, "universal_perturbation")
     images, n_classes = _validate(model, images, settings.target)
-    xi = (
-        settings.xi
-        if settings.xi is not None
-        else xi_from_zeta(images, settings.zeta, settings.norm)
-    )
-    clean = predict_labels(model, images)
-    goals = clean if settings.target is None else np.full(len(images), settings.target)
-    if eval_images is not None:
-        eval_clean = predict_labels(model, check_images(eval_images, model, "eval_images"))
+    xi = settings.xi or xi_from_zeta(images, settings.zeta, settings.norm)
+    rates = _Rates(model, images, eval_images, settings.target)
+    goals = rates.clean if settings.target is None else np.full(len(images), settings.target)
     rho = tf.Variable(_start(init, images.shape[1:], xi, settings.norm), trainable=False)
     result = UAPResult(
-        np.zeros(images.shape[1:], np.float32),
-        settings.norm,
-        xi,
-        float(settings.eps),
-        settings.target,
-        settings.mode,
-        zeta=settings.zeta,
+        rho.numpy(), settings.norm, xi, float(settings.eps), settings.target, settings.mode
     )
+    result.zeta = settings.zeta
     run_pass = _pass_runner(model, n_classes, settings, xi)
-    rng = np.random.default_rng(settings.seed)
-    start = time.perf_counter()
-    rate_name = "R_f" if settings.target is None else "R_s"
+    rng, start = np.random.default_rng(settings.seed), time.perf_counter()
     bar = tqdm(
         range(settings.i_max),
         desc=f"UAP ({settings.mode}, p={settings.norm})",
@@ -434,20 +421,32 @@ def universal_perturbation(
         # per image: two predictions and the FGSM step's
         costs.count(model, "forward", 3 * len(images))
         costs.count(model, "backward", len(images))
-        perturbation = rho.numpy()
-        result.rates.append(_rate(model, images, perturbation, clean, settings.target))
-        if eval_images is not None:
-            result.eval_rates.append(
-                _rate(model, eval_images, perturbation, eval_clean, settings.target)
-            )
-        result.passes += 1
-        bar.set_postfix({rate_name: f"{result.rates[-1]:.3f}"})
+        rates.record(result, rho.numpy())
+        bar.set_postfix({rates.name: f"{result.rates[-1]:.3f}"})
         if settings.stop_at is not None and result.rates[-1] >= settings.stop_at:
             break
     bar.close()
-    result.perturbation = rho.numpy()
-    result.seconds = time.perf_counter() - start
+    result.perturbation, result.seconds = rho.numpy(), time.perf_counter() - start
     return result
+
+
+class _Rates:
+    """R_f (R_s) after each pass, on the attack images and, if given, the evaluation images."""
+
+    def __init__(self, model, images, eval_images, target):
+        self.model, self.images, self.eval_images, self.target = model, images, eval_images, target
+        self.name = "R_f" if target is None else "R_s"
+        self.clean = predict_labels(model, images)
+        if eval_images is not None:
+            self.eval_clean = predict_labels(model, check_images(eval_images, model, "eval_images"))
+
+    def record(self, result: UAPResult, perturbation: np.ndarray) -> None:
+        result.rates.append(_rate(self.model, self.images, perturbation, self.clean, self.target))
+        if self.eval_images is not None:
+            result.eval_rates.append(
+                _rate(self.model, self.eval_images, perturbation, self.eval_clean, self.target)
+            )
+        result.passes += 1
 
 
 def _start(init, shape, xi: float, norm) -> np.ndarray:
@@ -560,6 +559,8 @@ def load_uap(path) -> UAPResult:
         )
 
 
+# More than eight parameters: those of universal_perturbation, plus the attack set's name in the
+# key (source), the images that set the size (norm_images) and the cache folder.
 def cached_uap(
     model,
     model_key: str,
