@@ -44,7 +44,7 @@ def write_npz(folder: Path, name: str, train_images: int, seed: int = 0) -> Path
     """A 224 px npz like MedMNIST's: random pixels, the real class proportions, the real val/test
     sizes."""
     from helpers.data import get_info
-    from helpers.synthetic import CLASS_PROPORTIONS, FINDING_PREVALENCE
+    from helpers.synthetic import synthetic_labels
 
     info, rng = get_info(name), np.random.default_rng(seed)
     arrays = {}
@@ -52,15 +52,8 @@ def write_npz(folder: Path, name: str, train_images: int, seed: int = 0) -> Path
         count = train_images if split == "train" else info.n_samples[split]
         shape = (count, 224, 224) + ((3,) if info.channels == 3 else ())
         arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        if info.multilabel:
-            arrays[f"{split}_labels"] = (
-                rng.uniform(size=(count, info.n_classes)) < np.array(FINDING_PREVALENCE)
-            ).astype(np.uint8)
-        else:
-            weights = np.array(CLASS_PROPORTIONS[name][split], dtype=float)
-            labels = rng.choice(info.n_classes, size=count, p=weights / weights.sum())
-            labels[: info.n_classes] = np.arange(info.n_classes)
-            arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
+        labels = synthetic_labels(rng, name, split, count, info.n_classes)
+        arrays[f"{split}_labels"] = labels.reshape(count, -1).astype(np.uint8)
     path = folder / info.filename(224)
     np.savez(path, **arrays)
     return path

@@ -16,6 +16,7 @@ cache folder; its output appears in the notebook and its image passes are added 
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import os
 import pickle
@@ -49,24 +50,24 @@ def call(function, *args, **kwargs) -> None:
     """
     with tempfile.TemporaryDirectory(prefix=".own-process-", dir=cache_dir()) as job:
         job = Path(job)
-        arguments = _encode({"args": list(args), "kwargs": kwargs}, job)
+        arguments = _encode({"args": list(args), "kwargs": kwargs}, job, itertools.count())
         with open(job / "call.pkl", "wb") as file:
             pickle.dump({"function": (function.__module__, function.__name__), **arguments}, file)
         _run([sys.executable, "-m", "helpers.own_process", str(job)], function.__name__, job)
         costs.add(json.loads((job / "passes.json").read_text()))
 
 
-def _encode(value, job: Path):
-    """``value`` with each MedDataset's stored images moved to a ``.npy`` file (a TrainedModel
-    pickles as its cache folder)."""
+def _encode(value, job: Path, numbers):
+    """``value`` with each MedDataset's stored images moved to ``<job>/images<n>.npy``, n from the
+    iterator ``numbers`` (a TrainedModel pickles as its cache folder)."""
     if isinstance(value, MedDataset):
-        name = f"images{len(list(job.glob('*.npy')))}"
+        name = f"images{next(numbers)}"
         np.save(job / f"{name}.npy", value.stored)
         return _StoredImages(name, replace(value, stored=None))
     if isinstance(value, dict):
-        return {key: _encode(item, job) for key, item in value.items()}
+        return {key: _encode(item, job, numbers) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_encode(item, job) for item in value)
+        return type(value)(_encode(item, job, numbers) for item in value)
     return value
 
 

@@ -114,7 +114,9 @@ def _class_images(
     )
 
 
-def _labels(rng, key: str, split: str, count: int, n_classes: int) -> np.ndarray:
+def synthetic_labels(rng, key: str, split: str, count: int, n_classes: int) -> np.ndarray:
+    """``count`` labels of dataset ``key``'s ``split``: classes (N,) in its proportions, every class
+    present; or, for ChestMNIST, 0/1 findings (N, 14) at their prevalence."""
     if key == "chest":
         return (rng.uniform(size=(count, n_classes)) < np.array(FINDING_PREVALENCE)).astype(
             np.uint8
@@ -147,7 +149,7 @@ def synthetic_arrays(
             f"({info.n_classes})."
         )
     rng = np.random.default_rng(_seed(info.key, split, size, seed))
-    labels = _labels(rng, info.key, split, count, info.n_classes)
+    labels = synthetic_labels(rng, info.key, split, count, info.n_classes)
     patterns = _patterns(info.key, info.n_classes, info.channels, opacities=info.multilabel)
     images = _backgrounds(rng, count, size, info.channels, colour=info.channels == 3)
     if info.multilabel:
