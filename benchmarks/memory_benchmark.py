@@ -52,7 +52,7 @@ def write_npz(folder: Path, name: str, train_images: int, seed: int = 0) -> Path
         count = train_images if split == "train" else info.n_samples[split]
         shape = (count, 224, 224) + ((3,) if info.channels == 3 else ())
         arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        labels = synthetic_labels(rng, name, split, count, info.n_classes)
+        labels = synthetic_labels(rng, info, split, count)
         arrays[f"{split}_labels"] = labels.reshape(count, -1).astype(np.uint8)
     path = folder / info.filename(224)
     np.savez(path, **arrays)
@@ -70,7 +70,6 @@ def stored_bound() -> list[tuple[str, float, float]]:
     released).
     """
     from helpers.data import DATASETS
-    from helpers.synthetic import CLASS_PROPORTIONS
 
     rows = []
     for name, info in DATASETS.items():
@@ -79,7 +78,7 @@ def stored_bound() -> list[tuple[str, float, float]]:
         for split in ("train", "val", "test"):
             # val: kept whole
             cap = {"train": info.train_per_class, "test": info.test_per_class}.get(split)
-            counts = CLASS_PROPORTIONS.get(name, {}).get(split)
+            counts = (info.class_counts or {}).get(split)
             kept += sum(min(c, cap) for c in counts) if cap and counts else info.n_samples[split]
         rows.append((name, kept * per_image / GIB, max(info.n_samples.values()) * per_image / GIB))
     return rows

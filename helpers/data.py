@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .cache import cache_dir
 from .config import ENV_MEDMNIST_DIR
 from .scales import as_preset
-from .synthetic import CLASS_PROPORTIONS, FINDING_PREVALENCE, synthetic_arrays
+from .synthetic import synthetic_arrays
 
 ZENODO_RECORD = "https://zenodo.org/records/10519652/files"
 SIZES = (28, 64, 128, 224)
@@ -63,6 +63,10 @@ class DatasetInfo:
         False  # paper 004 (4.4): train the multi-label model on images with findings
     )
     citation: str = ""
+    # official images per class of each split, single-label data (MedMNIST v2's label counts)
+    class_counts: dict | None = None
+    # official share of the images with each finding, multi-label data (ChestX-ray14)
+    finding_prevalence: tuple | None = None
 
     @property
     def n_classes(self) -> int:
@@ -109,6 +113,7 @@ DATASETS: dict[str, DatasetInfo] = {
         train_per_class=900,
         test_per_class=270,
         citation="Kermany et al., Cell 172(5):1122-1131 (2018)",
+        class_counts={"train": (1214, 3494), "val": (135, 389), "test": (234, 390)},
     ),
     "oct": DatasetInfo(
         key="oct",
@@ -130,6 +135,11 @@ DATASETS: dict[str, DatasetInfo] = {
         train_per_class=1960,
         test_per_class=840,
         citation="Kermany et al., Cell 172(5):1122-1131 (2018)",
+        class_counts={
+            "train": (33484, 10213, 7754, 46026),
+            "val": (3721, 1135, 862, 5114),
+            "test": (250, 250, 250, 250),
+        },
     ),
     "derma": DatasetInfo(
         key="derma",
@@ -158,6 +168,11 @@ DATASETS: dict[str, DatasetInfo] = {
         },
         oversample=True,
         citation="Tschandl et al., Sci Data 5:180161 (2018); Codella et al., arXiv:1902.03368",
+        class_counts={
+            "train": (228, 359, 769, 80, 779, 4693, 99),
+            "val": (33, 52, 110, 12, 111, 671, 14),
+            "test": (66, 103, 220, 23, 223, 1341, 29),
+        },
     ),
     "chest": DatasetInfo(
         key="chest",
@@ -207,6 +222,22 @@ DATASETS: dict[str, DatasetInfo] = {
             224: "45bd33e6f06c3e8cdb481c74a89152aa",
         },
         citation="Wang et al., ChestX-ray8, CVPR 2017",
+        finding_prevalence=(
+            0.103,
+            0.025,
+            0.119,
+            0.177,
+            0.052,
+            0.056,
+            0.013,
+            0.047,
+            0.042,
+            0.021,
+            0.022,
+            0.015,
+            0.030,
+            0.002,
+        ),
         train_without_normal=True,
     ),
 }
@@ -726,14 +757,16 @@ def _synthetic_count(info: DatasetInfo, split: str, preset) -> int:
         info.train_per_class if split == "train" else info.test_per_class,
         preset.train_per_class if split == "train" else preset.test_per_class,
     )
-    if per_class and info.key in CLASS_PROPORTIONS:
-        counts = np.array(CLASS_PROPORTIONS[info.key][split], dtype=float)
+    if per_class and info.class_counts:
+        counts = np.array(info.class_counts[split], dtype=float)
         # 1.5x: labels are drawn at random, so the rarest class must be expected well
         # above per_class
         wanted = max(wanted, int(np.ceil(1.5 * per_class * counts.sum() / counts.min())))
     # the normal images are dropped before sampling
     if split == "train" and info.train_without_normal:
-        wanted = int(np.ceil(1.1 * wanted / (1.0 - np.prod(1.0 - np.array(FINDING_PREVALENCE)))))
+        wanted = int(
+            np.ceil(1.1 * wanted / (1.0 - np.prod(1.0 - np.array(info.finding_prevalence))))
+        )
     return int(min(info.n_samples[split], wanted, 20_000))
 
 

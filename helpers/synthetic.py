@@ -14,38 +14,6 @@ import zlib
 
 import numpy as np
 
-#: Official class proportions of each split (from the MedMNIST v2 label counts).
-CLASS_PROPORTIONS = {
-    "pneumonia": {"train": (1214, 3494), "val": (135, 389), "test": (234, 390)},
-    "oct": {
-        "train": (33484, 10213, 7754, 46026),
-        "val": (3721, 1135, 862, 5114),
-        "test": (250, 250, 250, 250),
-    },
-    "derma": {
-        "train": (228, 359, 769, 80, 779, 4693, 99),
-        "val": (33, 52, 110, 12, 111, 671, 14),
-        "test": (66, 103, 220, 23, 223, 1341, 29),
-    },
-}
-#: Prevalence of each of the 14 ChestX-ray14 findings (about half the images have none).
-FINDING_PREVALENCE = (
-    0.103,
-    0.025,
-    0.119,
-    0.177,
-    0.052,
-    0.056,
-    0.013,
-    0.047,
-    0.042,
-    0.021,
-    0.022,
-    0.015,
-    0.030,
-    0.002,
-)
-
 BLOBS_PER_PATTERN = 3
 PATTERN_AMPLITUDE = 0.22
 #: Range of the random strength of an image's class pattern. The two chest X-ray classes differ by
@@ -114,16 +82,16 @@ def _class_images(
     )
 
 
-def synthetic_labels(rng, key: str, split: str, count: int, n_classes: int) -> np.ndarray:
-    """``count`` labels of dataset ``key``'s ``split``: classes (N,) in its proportions, every class
-    present; or, for ChestMNIST, 0/1 findings (N, 14) at their prevalence."""
-    if key == "chest":
-        return (rng.uniform(size=(count, n_classes)) < np.array(FINDING_PREVALENCE)).astype(
-            np.uint8
-        )
-    weights = np.array(CLASS_PROPORTIONS[key][split], dtype=float)
-    labels = rng.choice(n_classes, size=count, p=weights / weights.sum())
-    labels[:n_classes] = np.arange(n_classes)  # every class present, even in tiny splits
+def synthetic_labels(rng, info, split: str, count: int) -> np.ndarray:
+    """``count`` labels like ``info``'s ``split``: classes (N,) in its official proportions, every
+    class present; or, multi-label, 0/1 findings (N, L) at their official prevalence."""
+    if info.multilabel:
+        return (
+            rng.uniform(size=(count, info.n_classes)) < np.array(info.finding_prevalence)
+        ).astype(np.uint8)
+    weights = np.array(info.class_counts[split], dtype=float)
+    labels = rng.choice(info.n_classes, size=count, p=weights / weights.sum())
+    labels[: info.n_classes] = np.arange(info.n_classes)  # every class present, even in tiny splits
     return rng.permutation(labels).astype(np.int64)
 
 
@@ -149,7 +117,7 @@ def synthetic_arrays(
             f"({info.n_classes})."
         )
     rng = np.random.default_rng(_seed(info.key, split, size, seed))
-    labels = synthetic_labels(rng, info.key, split, count, info.n_classes)
+    labels = synthetic_labels(rng, info, split, count)
     patterns = _patterns(info.key, info.n_classes, info.channels, opacities=info.multilabel)
     images = _backgrounds(rng, count, size, info.channels, colour=info.channels == 3)
     if info.multilabel:

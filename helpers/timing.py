@@ -54,7 +54,6 @@ import numpy as np
 from . import data
 from .models import get_architecture
 from .scales import SCALES, Preset, as_preset, get_preset
-from .synthetic import CLASS_PROPORTIONS
 
 CHAPTERS = (
     "01_transfer_learning",
@@ -123,7 +122,8 @@ def _label_only(info, split: str, counts) -> data.MedDataset:
 
 
 def _official_single_label(name: str, preset: Preset, seed: int) -> SplitSizes:
-    info, counts = data.get_info(name), CLASS_PROPORTIONS[name]
+    info = data.get_info(name)
+    counts = info.class_counts
     splits = {
         "train": data._sample_train(_label_only(info, "train", counts["train"]), preset, seed),
         "val": data.cap(_label_only(info, "val", counts["val"]), preset.max_test, seed + 1),
