@@ -483,7 +483,9 @@ def untraceable(scale: str, folder: str | Path | None = None) -> list[str]:
 # ----------------------------------------------------------------------------- command line
 
 
+# Over 50 lines: mostly argparse's three commands and their options, a few lines each.
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m helpers.tools.regression", description=__doc__.split("\n\n")[0]
     )
