@@ -37,6 +37,7 @@ from .cache import array_digest, cache_dir, save_npz_once, weights_digest
 from .checks import check_choice, check_fraction, check_int, check_positive, settings_from
 from .models import check_images, is_multilabel, predict_labels
 
+ZETA_HINT = "the UAP size, a fraction of the mean image norm, e.g. 0.04"
 NORMS = {"2": 2, "l2": 2, 2: 2, "inf": np.inf, "linf": np.inf, np.inf: np.inf}
 
 
@@ -62,10 +63,7 @@ def lp_norms(images, norm) -> np.ndarray:
 
 def xi_from_zeta(images, zeta: float, norm) -> float:
     """xi = zeta x mean L_p norm of ``images`` (paper 000: zeta = 2-6 %)."""
-    if not np.isfinite(zeta) or zeta <= 0:
-        raise ValueError(
-            f"zeta={zeta!r}: the UAP size is a positive fraction of the mean image norm, e.g. 0.04."
-        )
+    zeta = check_positive("zeta", zeta, ZETA_HINT)
     return float(zeta * lp_norms(images, norm).mean())
 
 
@@ -141,7 +139,7 @@ class UAPSettings:
                 "radius)."
             )
         if self.zeta is not None:
-            check_positive("zeta", self.zeta, "a fraction of the mean image norm, e.g. 0.04")
+            check_positive("zeta", self.zeta, ZETA_HINT)
         if self.xi is not None:
             check_positive("xi", self.xi, "the radius of the L_p ball")
         object.__setattr__(self, "norm", norm_name(self.norm))
